@@ -1,0 +1,1 @@
+"""Shared logic of the Commander pipeline: documents, the intent bus, the decision engine, brokers."""

@@ -1,0 +1,137 @@
+"""`firestore://PROJECT[/DATABASE]` — Google Cloud Firestore; honours FIRESTORE_EMULATOR_HOST.
+
+Rules are checked locally first (lib.bus.rules) so this backend raises the same errors as the
+SQLite one; gRPC failures become BusUnavailableError with the operation and the path.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Callable, Iterable
+
+from lib.bus import rules
+from lib.bus.base import DELETE, Bus
+from lib.errors import AlreadyExistsError, BusError, BusUnavailableError, DocumentTooLargeError
+
+# Fail fast instead of the client's default of retrying for up to ten minutes: an unreachable
+# bus must stop the run with a clear reason, not hang the schedule.
+DEFAULT_TIMEOUT = 20.0
+
+
+def _plain(value):
+    """Convert the client's types (DatetimeWithNanoseconds, nested maps) to plain Python."""
+    if isinstance(value, dt.datetime):
+        return dt.datetime.fromtimestamp(value.timestamp(), dt.timezone.utc).replace(
+            microsecond=value.microsecond)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+class FirestoreBus(Bus):
+    def __init__(self, project: str, database: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+        from google.api_core import exceptions as gexc
+        from google.api_core import retry as gretry
+        from google.cloud import firestore
+
+        self._gexc, self._firestore = gexc, firestore
+        self.project, self.database = project, database or "(default)"
+        self.url = f"firestore://{project}" + (f"/{database}" if database else "")
+        self.timeout = timeout
+        self._retry = gretry.Retry(initial=0.1, maximum=2.0, multiplier=2.0, timeout=timeout,
+                                   predicate=gretry.if_exception_type(gexc.ServiceUnavailable,
+                                                                      gexc.DeadlineExceeded))
+        try:
+            kwargs = {"project": project}
+            if database:
+                kwargs["database"] = database
+            if os.environ.get("FIRESTORE_EMULATOR_HOST"):
+                from google.auth.credentials import AnonymousCredentials
+                kwargs["credentials"] = AnonymousCredentials()
+            self._client = firestore.Client(**kwargs)
+        except Exception as exc:  # credentials or configuration problems surface here
+            raise BusUnavailableError(f"cannot open Firestore bus {self.url}: {exc}") from exc
+
+    def _call(self, what: str, path: str, fn):
+        gexc = self._gexc
+        try:
+            return fn()
+        except BusError:
+            raise
+        except gexc.Conflict:
+            raise AlreadyExistsError(f"{path}: document already exists (create-only write refused)") from None
+        except gexc.InvalidArgument as exc:
+            if "size" in str(exc).lower() or "too large" in str(exc).lower():
+                raise DocumentTooLargeError(f"{path}: {exc.message}") from None
+            raise BusError(f"{path}: Firestore refused {what}: {exc.message}") from None
+        except (gexc.GoogleAPIError, OSError) as exc:
+            raise BusUnavailableError(f"Firestore bus {self.url}: {what} {path} failed: {exc}") from exc
+
+    def get(self, path: str) -> dict | None:
+        rules.check_document_path(path)
+        snap = self._call("get", path, lambda: self._client.document(path).get(
+            retry=self._retry, timeout=self.timeout))
+        return _plain(snap.to_dict()) if snap.exists else None
+
+    def get_many(self, paths: Iterable[str]) -> dict[str, dict | None]:
+        paths = list(dict.fromkeys(paths))
+        for p in paths:
+            rules.check_document_path(p)
+        if not paths:
+            return {}
+        refs = [self._client.document(p) for p in paths]
+        # get_all is one BatchGetDocuments round trip, not one RPC per document.
+        snaps = self._call("get_many", paths[0], lambda: list(self._client.get_all(
+            refs, retry=self._retry, timeout=self.timeout)))
+        found = {s.reference.path: _plain(s.to_dict()) for s in snaps if s.exists}
+        return {p: found.get(p) for p in paths}
+
+    def set(self, path: str, data: dict) -> None:
+        rules.check_document(path, data)
+        self._call("set", path, lambda: self._client.document(path).set(
+            data, retry=self._retry, timeout=self.timeout))
+
+    def create(self, path: str, data: dict) -> None:
+        rules.check_document(path, data)
+        # No retry: a retried create whose first attempt landed would report a false conflict.
+        self._call("create", path, lambda: self._client.document(path).create(data, timeout=self.timeout))
+
+    def delete(self, path: str) -> None:
+        rules.check_document_path(path)
+        self._call("delete", path, lambda: self._client.document(path).delete(
+            retry=self._retry, timeout=self.timeout))
+
+    def list(self, collection: str) -> dict[str, dict]:
+        rules.check_collection_path(collection)
+        snaps = self._call("list", collection, lambda: list(self._client.collection(collection).stream(
+            retry=self._retry, timeout=self.timeout)))
+        return {s.id: _plain(s.to_dict()) for s in sorted(snaps, key=lambda s: s.id)}
+
+    def transact(self, path: str, fn: Callable[[dict | None], object]) -> dict | None:
+        rules.check_document_path(path)
+        ref = self._client.document(path)
+        firestore = self._firestore
+
+        @firestore.transactional
+        def run(transaction):
+            snap = ref.get(transaction=transaction)
+            current = _plain(snap.to_dict()) if snap.exists else None
+            new = fn(current)
+            if new is DELETE:
+                transaction.delete(ref)
+                return None
+            if new is None:
+                return current
+            rules.check_document(path, new)
+            transaction.set(ref, new)
+            return _plain(new)
+
+        return self._call("transaction", path, lambda: run(self._client.transaction(max_attempts=10)))
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:
+            pass

@@ -1,0 +1,262 @@
+"""Pydantic models of every document on the bus (DESIGN.md §4), with the seed's field names.
+
+`load(Model, path, data)` validates a stored document and raises DocumentError naming the path
+and the field, never a pydantic traceback. Timestamps are timezone-aware and normalised to UTC.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal, Optional, TypeVar
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
+                      model_validator)
+
+from lib.errors import DocumentError
+
+UTC = dt.timezone.utc
+
+
+def _to_utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamp must be timezone-aware (UTC)")
+    return value.astimezone(UTC)
+
+
+Timestamp = Annotated[dt.datetime, AfterValidator(_to_utc)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
+
+
+class _Loose(BaseModel):
+    """For documents written by our own adapters: keep unknown fields (broker detail) as they are."""
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+# ---- config/common and config/{mode} -------------------------------------------------------------
+class Exposure(_Doc):
+    overall: float = Field(1.0, description="fraction of net liquidation the strategies may use")
+
+
+class OrderDefaults(_Doc):
+    type: Literal["MKT", "LMT", "MOC", "LOC"] = "MKT"
+    tif: Literal["DAY", "GTC", "OPG", "IOC"] = "DAY"
+    limit_offset_bps: float = Field(10.0, ge=0.0, description="LMT/LOC: buy above, sell below the reference price")
+    tick_size: float = Field(0.01, gt=0.0)
+    order_ref_prefix: str = Field("cmdr-", min_length=1)
+
+
+class RiskLimits(_Doc):
+    max_instrument_exposure: Fraction = Field(1.0, description="|notional| per instrument / net liquidation")
+    max_gross_exposure: float = Field(1.0, gt=0.0, description="Σ|notional| / net liquidation")
+    allow_short: bool = False
+    min_order_quantity: int = Field(1, ge=1)
+    min_order_notional: float = Field(0.0, ge=0.0)
+    rebalance_threshold: Fraction = Field(0.0, description="skip trades smaller than this fraction of the target")
+    max_order_notional: Optional[float] = Field(None, gt=0.0)
+    max_orders_per_run: Optional[int] = Field(None, ge=0)
+    margin_multiplier: float = Field(1.0, gt=0.0)
+
+
+class Approval(_Doc):
+    notional: Optional[float] = Field(None, gt=0.0)
+    fraction_of_nav: Optional[Fraction] = None
+
+
+class CommonConfig(_Doc):
+    tradingEnabled: bool = False
+    tradingState: Literal["active", "reduce_only", "halted"] = "active"
+    exposure: Exposure = Exposure()
+    orders: OrderDefaults = OrderDefaults()
+    risk: RiskLimits = RiskLimits()
+    approval: Approval = Approval()
+    freshMinutes: Optional[float] = Field(None, gt=0.0)
+    order_rate_per_second: float = Field(20.0, gt=0.0, le=50.0)
+    ack_timeout_seconds: float = Field(30.0, gt=0.0)
+
+
+class ModeConfig(_Doc):
+    account: Optional[str] = None
+
+
+# ---- strategies/{id} and strategies/{id}/intent/latest --------------------------------------------
+class RiskParameters(_Doc):
+    max_drawdown: Optional[Fraction] = None
+    max_single_position_exposure: Fraction = 1.0
+
+
+class StrategyConfig(_Doc):
+    name: str
+    description: str = ""
+    enabled: bool = False
+    author: str = ""
+    capital_allocation: float = Field(ge=0.0)
+    risk_parameters: RiskParameters = RiskParameters()
+    notebook: Optional[str] = None
+    parameters: dict[str, Any] = {}
+    halted: bool = False
+    halted_reason: Optional[str] = None
+
+
+class TargetPosition(_Doc):
+    symbol: str = Field(min_length=1)
+    secType: str = "STK"
+    exchange: str = "SMART"
+    primaryExchange: str = ""
+    currency: str = "USD"
+    lastTradeDateOrContractMonth: str = ""
+    strike: float = 0.0
+    right: str = ""
+    multiplier: str = ""
+    quantity: Optional[int] = Field(None, strict=True)
+    weight: Optional[float] = None
+    price: Optional[float] = Field(None, gt=0.0)
+    contract_details: Optional[dict[str, Any]] = None
+
+    @model_validator(mode="after")
+    def _quantity_xor_weight(self):
+        if (self.quantity is None) == (self.weight is None):
+            raise ValueError("give exactly one of 'quantity' (shares) or 'weight' (fraction of capital)")
+        return self
+
+
+class Intent(_Doc):
+    updated_at: Timestamp
+    status: Literal["success", "error"]
+    error_message: Optional[str] = None
+    metadata: dict[str, Any] = {}
+    target_positions: list[TargetPosition] = []
+
+
+# ---- positions/{mode}/portfolio/latest ----------------------------------------------------------
+class Holding(_Loose):
+    symbol: str = Field(min_length=1)
+    secType: str = "STK"
+    currency: str = "USD"
+    lastTradeDateOrContractMonth: str = ""
+    strike: float = 0.0
+    right: str = ""
+    multiplier: str = ""
+    quantity: float
+    market_price: Optional[float] = Field(None, gt=0.0)
+    market_value: Optional[float] = None
+
+
+class OpenOrder(_Loose):
+    orderId: int
+    permId: int = 0
+    clientId: int = 0
+    symbol: str = Field(min_length=1)
+    secType: str = "STK"
+    currency: str = "USD"
+    lastTradeDateOrContractMonth: str = ""
+    strike: float = 0.0
+    right: str = ""
+    multiplier: str = ""
+    action: Literal["BUY", "SELL"]
+    totalQuantity: float = Field(ge=0.0)
+    remaining: Optional[float] = Field(None, ge=0.0)
+    orderType: str = "MKT"
+    lmtPrice: Optional[float] = None
+    orderRef: str = ""
+    status: str = "Submitted"
+
+
+class PortfolioSnapshot(_Doc):
+    updated_at: Timestamp
+    account: str = Field(min_length=1)
+    net_liquidation: float = Field(gt=0.0)
+    available_funds: float
+    holdings: list[Holding] = []
+    open_orders: list[OpenOrder] = []
+
+
+# ---- executions/{id} ----------------------------------------------------------------------------
+class ExecutionRecord(_Loose):
+    execution_id: str
+    executed_at: Timestamp
+    mode: Literal["paper", "live"]
+    trigger: Literal["scheduled", "manual", "approval", "replay"] = "manual"
+    status: Literal["completed", "partial_success", "failed", "dry_run", "disabled", "awaiting_approval",
+                    "approved", "planning"]
+    summary: str = ""
+    placed_orders: bool = False
+    context: dict[str, Any] = {}
+    inputs: Optional[dict[str, Any]] = None
+    decision: Optional[dict[str, Any]] = None
+    orders_placed: list[dict[str, Any]] = []
+    notebooks: list[str] = []
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def describe(error: ValidationError) -> tuple[str, str]:
+    """The first problem in a ValidationError as (field path like 'target_positions[0].price', message)."""
+    first = error.errors()[0]
+    parts: list[str] = []
+    for loc in first["loc"]:
+        if isinstance(loc, int):
+            parts.append(f"[{loc}]")
+        else:
+            parts.append(("." if parts else "") + str(loc))
+    field = "".join(parts)
+    msg = first["msg"]
+    if first["type"] == "missing":
+        msg = "is required but missing"
+    elif first["type"] == "extra_forbidden":
+        msg = "is not a known field (a typo?)"
+    return field, msg
+
+
+def load(model: type[M], path: str, data: Any) -> M:
+    """Validate `data` as `model`; raise DocumentError naming `path` and the offending field."""
+    if data is None:
+        raise DocumentError(path, None, "document is missing")
+    if not isinstance(data, dict):
+        raise DocumentError(path, None, f"expected a mapping, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        field, msg = describe(exc)
+        raise DocumentError(path, field or None, msg) from None
+
+
+def dump(doc: BaseModel) -> dict[str, Any]:
+    """A model as a bus document (datetimes stay datetimes; None fields kept so documents are explicit)."""
+    return doc.model_dump(mode="python")
+
+
+# ---- paths (DESIGN.md §4) -----------------------------------------------------------------------
+def common_config_path() -> str:
+    return "config/common"
+
+
+def mode_config_path(mode: str) -> str:
+    return f"config/{mode}"
+
+
+def strategy_path(strategy_id: str) -> str:
+    return f"strategies/{strategy_id}"
+
+
+def intent_path(strategy_id: str) -> str:
+    return f"strategies/{strategy_id}/intent/latest"
+
+
+def ledger_path(strategy_id: str) -> str:
+    return f"strategies/{strategy_id}/ledger/latest"
+
+
+def portfolio_path(mode: str) -> str:
+    return f"positions/{mode}/portfolio/latest"
+
+
+def execution_path(execution_id: str) -> str:
+    return f"executions/{execution_id}"
+
+
+def lock_path(mode: str) -> str:
+    return f"locks/commander-{mode}"

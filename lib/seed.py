@@ -1,0 +1,81 @@
+"""Default documents for an empty bus: config/common, config/paper and the three example strategies.
+
+Seeding only creates documents that do not exist; it never overwrites an operator's config (the
+origin project reset `tradingEnabled` on every deploy — not here).
+
+    python -m lib.seed [--bus URL]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lib import documents as docs
+from lib.bus import Bus, open_bus
+from lib.errors import AlreadyExistsError, PipelineError
+
+DEFAULT_COMMON = docs.CommonConfig(
+    tradingEnabled=True,  # paper trading on the simulator by default; live needs an explicit mode
+    tradingState="active",
+)
+
+DEFAULT_STRATEGIES = {
+    "spy_macd_vixy": docs.StrategyConfig(
+        name="SPY MACD VIXY Strategy",
+        description="MACD regime on SPY with VIXY as the hedge in bearish regimes",
+        enabled=True, author="system", capital_allocation=0.6,
+        risk_parameters=docs.RiskParameters(max_drawdown=0.15, max_single_position_exposure=1.0),
+        notebook="notebooks/strategies/spy_macd_vixy.ipynb"),
+    "test_signal_generator": docs.StrategyConfig(
+        name="Test Signal Generator",
+        description="MACD on SPY, long or short every run: produces a signal to validate the pipeline end to end",
+        enabled=True, author="system", capital_allocation=0.1,
+        risk_parameters=docs.RiskParameters(max_drawdown=0.5, max_single_position_exposure=1.0),
+        notebook="notebooks/strategies/test_signal_generator.ipynb"),
+    "dummy": docs.StrategyConfig(
+        name="Dummy Strategy",
+        description="A fixed target; the template to copy for a new strategy",
+        enabled=True, author="system", capital_allocation=0.1,
+        risk_parameters=docs.RiskParameters(max_drawdown=0.5, max_single_position_exposure=1.0),
+        notebook="notebooks/strategies/dummy.ipynb"),
+}
+
+
+def default_documents() -> dict[str, dict]:
+    out = {docs.common_config_path(): docs.dump(DEFAULT_COMMON),
+           docs.mode_config_path("paper"): docs.dump(docs.ModeConfig(account=None))}
+    for sid, cfg in DEFAULT_STRATEGIES.items():
+        out[docs.strategy_path(sid)] = docs.dump(cfg)
+    return out
+
+
+def seed(bus: Bus) -> dict[str, str]:
+    """Create each default document that is missing; returns path → 'created' | 'kept'."""
+    result = {}
+    for path, data in default_documents().items():
+        try:
+            bus.create(path, data)
+            result[path] = "created"
+        except AlreadyExistsError:
+            result[path] = "kept"
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lib.settings import resolve
+    parser = argparse.ArgumentParser(prog="python -m lib.seed", description=__doc__.splitlines()[0])
+    parser.add_argument("--bus", help="bus URL (default: $COMMANDER_BUS or sqlite:///runs/bus.sqlite)")
+    args = parser.parse_args(argv)
+    settings = resolve({"bus": args.bus})
+    try:
+        with open_bus(settings.bus) as bus:
+            for path, what in seed(bus).items():
+                print(f"{what:8s} {path}")
+    except (PipelineError, ValueError) as exc:
+        print(f"seed failed: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

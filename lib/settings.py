@@ -1,0 +1,60 @@
+"""Where the pipeline's four settings come from: flags, then environment variables, then defaults.
+
+| setting | flag       | environment variable | embedded default            |
+|---------|------------|----------------------|-----------------------------|
+| mode    | --mode     | COMMANDER_MODE       | paper (live is never a default) |
+| bus     | --bus      | COMMANDER_BUS        | sqlite:///runs/bus.sqlite   |
+| broker  | --broker   | COMMANDER_BROKER     | sim                         |
+| audit   | --audit    | COMMANDER_AUDIT      | runs/                       |
+
+Credentials are never settings here: Firestore and GCS use Application Default Credentials,
+IB Gateway holds its own login. Nothing below ever becomes a notebook parameter except these
+four non-secret values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping
+
+MODES = ("paper", "live")
+
+DEFAULTS = {
+    "mode": "paper",
+    "bus": "sqlite:///runs/bus.sqlite",
+    "broker": "sim",
+    "audit": "runs/",
+}
+ENV = {"mode": "COMMANDER_MODE", "bus": "COMMANDER_BUS", "broker": "COMMANDER_BROKER", "audit": "COMMANDER_AUDIT"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    mode: str
+    bus: str
+    broker: str
+    audit: str
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={getattr(self, k)} ({self.sources.get(k, '?')})" for k in DEFAULTS)
+
+
+def resolve(flags: Mapping[str, str | None] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve each setting from `flags` (None = not given), then `environ`, then DEFAULTS.
+
+    Raises ValueError for an unknown mode or an empty value.
+    """
+    flags = flags or {}
+    environ = os.environ if environ is None else environ
+    values, sources = {}, {}
+    for key, default in DEFAULTS.items():
+        if flags.get(key) not in (None, ""):
+            values[key], sources[key] = str(flags[key]), "flag"
+        elif environ.get(ENV[key]):
+            values[key], sources[key] = environ[ENV[key]], f"${ENV[key]}"
+        else:
+            values[key], sources[key] = default, "default"
+    if values["mode"] not in MODES:
+        raise ValueError(f"mode {values['mode']!r} ({sources['mode']}) is not one of {', '.join(MODES)}")
+    return Settings(sources=sources, **values)
