@@ -1,0 +1,26 @@
+"""The Commander: a pure decision (`decide`) plus the CLI `python -m lib.commander decide|replay FILE`."""
+from lib.commander.engine import InputError, decide
+
+__all__ = ["InputError", "decide", "replay"]
+
+
+def replay(record: dict) -> dict:
+    """Re-derive the decision from an execution record's stored inputs.
+
+    Returns {"match": bool, "orders_match": bool, "recorded_orders": [...], "replayed_orders": [...],
+    "decision": {...}}. Raises InputError when the record holds no inputs.
+    """
+    from lib.canonical import dumps
+    inputs = record.get("inputs") if isinstance(record, dict) else None
+    if not isinstance(inputs, dict):
+        raise InputError("execution record: field 'inputs' is missing; it cannot be replayed")
+    decision = decide(inputs)
+    recorded = (record.get("decision") or {})
+    return {
+        "execution_id": record.get("execution_id"),
+        "orders_match": dumps(recorded.get("orders", [])) == dumps(decision["orders"]),
+        "cancels_match": dumps(recorded.get("cancels", [])) == dumps(decision["cancels"]),
+        "decision_match": dumps(recorded) == dumps(decision),
+        "recorded_orders": recorded.get("orders", []),
+        "replayed_orders": decision["orders"],
+    }

@@ -1,0 +1,423 @@
+"""The Commander's decision: a pure function from documents to orders (DESIGN.md §5).
+
+`decide(inputs)` takes the documents as they are stored on the bus and returns the Decision as
+plain JSON-able data. The steps run in this order, each a function below:
+
+    validate intents → size → per-strategy caps → hold previous → aggregate → global caps
+    → managed universe → pending orders → keep-or-cancel own orders → delta and band → orders
+
+Nothing here reads a clock, a file or the network, so the same inputs always give the same bytes
+(`lib.canonical.dumps(decide(inputs))`), and an execution record that keeps its inputs replays.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any, Mapping
+
+from pydantic import ValidationError
+
+from lib import documents as docs
+from lib.canonical import iso
+from lib.commander.instrument import contract_of, key_of, multiplier_of
+from lib.errors import DocumentError
+
+TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
+FUTURE_SKEW = dt.timedelta(minutes=5)  # tolerated clock skew between a strategy host and ours
+ALLOCATION_TOLERANCE = 1e-9
+
+
+class InputError(ValueError):
+    """The inputs object itself is malformed (not a document inside it): the CLI exits 2."""
+
+
+# ---- small helpers ------------------------------------------------------------------------------
+def _timestamp(inputs: Mapping[str, Any], name: str) -> dt.datetime:
+    value = inputs.get(name)
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InputError(f"inputs: field '{name}': {value!r} is not an ISO-8601 timestamp") from None
+    if not isinstance(value, dt.datetime):
+        raise InputError(f"inputs: field '{name}' is required (an ISO-8601 timestamp)")
+    if value.tzinfo is None:
+        raise InputError(f"inputs: field '{name}': timestamp must carry a time zone (UTC)")
+    return value.astimezone(dt.timezone.utc)
+
+
+def _trunc(x: float) -> int:
+    """Whole shares, rounded toward zero; tolerant of float noise like 9.999999999999998."""
+    r = round(x)
+    return int(r) if abs(x - r) < 1e-9 else int(math.trunc(x))
+
+
+def _adj(rule: str, scope: str, instrument: str | None, before: Any, after: Any, detail: str = "") -> dict:
+    out = {"rule": rule, "scope": scope, "instrument": instrument, "from": before, "to": after}
+    if detail:
+        out["detail"] = detail
+    return out
+
+
+def _blocked(base: dict, check: str, detail: str) -> dict:
+    base["status"] = "blocked"
+    base["blocked_reasons"].append({"check": check, "detail": detail})
+    return base
+
+
+def _round_to_tick(price: float, tick: float, action: str) -> float:
+    """Buys round down, sells round up: the limit never gives away more than the offset allows."""
+    p, t = Decimal(repr(price)), Decimal(repr(tick))
+    steps = (p / t).to_integral_value(rounding=ROUND_FLOOR if action == "BUY" else ROUND_CEILING)
+    return float(steps * t)
+
+
+# ---- step 1: validate intents ------------------------------------------------------------------
+def validate_intent(sid: str, raw: Any, window_start: dt.datetime, now: dt.datetime,
+                    market: Mapping[str, float]) -> tuple[docs.Intent | None, dict | None]:
+    """The parsed intent, or None and a `skipped` entry saying why (missing/stale/error/invalid)."""
+    path = docs.intent_path(sid)
+    if raw is None:
+        return None, {"strategy": sid, "reason": "missing", "detail": f"{path} does not exist"}
+    try:
+        intent = docs.load(docs.Intent, path, raw)
+    except DocumentError as err:
+        return None, {"strategy": sid, "reason": "invalid", "detail": str(err), "field": err.field}
+    if intent.status == "error":
+        return None, {"strategy": sid, "reason": "error",
+                      "detail": f"{path}: strategy reported an error: {intent.error_message or '(no message)'}"}
+    if intent.updated_at < window_start:
+        return None, {"strategy": sid, "reason": "stale",
+                      "detail": f"{path}: field 'updated_at' {iso(intent.updated_at)} is before the window start "
+                                f"{iso(window_start)}"}
+    if intent.updated_at > now + FUTURE_SKEW:
+        return None, {"strategy": sid, "reason": "invalid", "field": "updated_at",
+                      "detail": f"{path}: field 'updated_at' {iso(intent.updated_at)} is in the future (now {iso(now)})"}
+    seen: dict[str, int] = {}
+    for i, t in enumerate(intent.target_positions):
+        key = key_of(t.__dict__)
+        if key in seen:
+            return None, {"strategy": sid, "reason": "invalid", "field": f"target_positions[{i}]",
+                          "detail": f"{path}: field 'target_positions[{i}]': duplicate instrument {key} "
+                                    f"(also target_positions[{seen[key]}])"}
+        seen[key] = i
+        if t.price is None and key not in market:
+            return None, {"strategy": sid, "reason": "invalid", "field": f"target_positions[{i}].price",
+                          "detail": f"{path}: field 'target_positions[{i}].price': no reference price for {key} "
+                                    f"and the portfolio snapshot has no market price for it"}
+    return intent, None
+
+
+# ---- step 2 and 3: size and per-strategy caps --------------------------------------------------
+def size_strategy(sid: str, intent: docs.Intent, capital: float, max_single: float,
+                  market: Mapping[str, float], adjustments: list) -> list[dict]:
+    """Targets in whole shares, within the strategy's single-position and gross caps."""
+    rows = []
+    for t in intent.target_positions:
+        fields = t.__dict__
+        key = key_of(fields)
+        contract = contract_of(fields)
+        price = market.get(key, t.price)
+        mult = multiplier_of(contract)
+        if t.quantity is not None:
+            qty = t.quantity
+        else:
+            qty = _trunc(t.weight * capital / (price * mult))
+        limit = max_single * capital
+        if abs(qty) * price * mult > limit + 1e-9:
+            capped = int(math.copysign(_trunc(limit / (price * mult)), qty))
+            adjustments.append(_adj("max_single_position_exposure", sid, key, qty, capped))
+            qty = capped
+        rows.append({"instrument": key, "contract": contract, "quantity": qty, "price": price})
+    gross = sum(abs(r["quantity"]) * r["price"] * multiplier_of(r["contract"]) for r in rows)
+    if gross > capital + 1e-9:
+        factor = capital / gross
+        for r in rows:
+            scaled = _trunc(r["quantity"] * factor)
+            if scaled != r["quantity"]:
+                adjustments.append(_adj("strategy_gross_exposure", sid, r["instrument"], r["quantity"], scaled,
+                                        f"gross {gross:.2f} above capital {capital:.2f}"))
+                r["quantity"] = scaled
+    return rows
+
+
+def previous_targets(previous: Mapping[str, Any] | None, sid: str) -> list[dict] | None:
+    """The strategy's accepted targets in the previous execution, or None if it had none."""
+    if not previous:
+        return None
+    entry = ((previous.get("decision") or {}).get("per_strategy") or {}).get(sid)
+    if not entry:
+        return None
+    return [{"instrument": r["instrument"], "contract": r["contract"], "quantity": int(r["quantity"]),
+             "price": r.get("price")} for r in entry.get("targets", [])]
+
+
+# ---- step 6: global caps ------------------------------------------------------------------------
+def apply_global_caps(aggregated: dict[str, dict], risk: docs.RiskLimits, nav: float,
+                      adjustments: list) -> dict[str, int]:
+    """Final quantities per instrument after allow_short, per-instrument and gross exposure caps."""
+    final = {k: a["quantity"] for k, a in aggregated.items()}
+    if not risk.allow_short:
+        for k, q in final.items():
+            if q < 0:
+                adjustments.append(_adj("allow_short", "global", k, q, 0, "shorting is disabled in config/common"))
+                final[k] = 0
+    limit = risk.max_instrument_exposure * nav
+    for k, q in final.items():
+        a = aggregated[k]
+        unit = a["price"] * multiplier_of(a["contract"])
+        if abs(q) * unit > limit + 1e-9:
+            capped = int(math.copysign(_trunc(limit / unit), q))
+            adjustments.append(_adj("max_instrument_exposure", "global", k, q, capped))
+            final[k] = capped
+    gross = sum(abs(q) * aggregated[k]["price"] * multiplier_of(aggregated[k]["contract"]) for k, q in final.items())
+    gross_limit = risk.max_gross_exposure * nav
+    if gross > gross_limit + 1e-9:
+        factor = gross_limit / gross
+        for k, q in final.items():
+            scaled = _trunc(q * factor)
+            if scaled != q:
+                adjustments.append(_adj("max_gross_exposure", "global", k, q, scaled,
+                                        f"gross {gross:.2f} above {gross_limit:.2f}"))
+                final[k] = scaled
+    return final
+
+
+# ---- step 8-10: pending orders, own orders, delta and band ---------------------------------------
+def pending_by_instrument(open_orders: list[docs.OpenOrder], prefix: str) -> dict[str, dict]:
+    """Signed remaining quantity per instrument, split into manual (any client) and our own orders."""
+    out: dict[str, dict] = {}
+    for o in open_orders:
+        if o.status in TERMINAL:
+            continue
+        remaining = o.remaining if o.remaining is not None else o.totalQuantity - float(
+            (o.model_extra or {}).get("filled") or 0.0)
+        if remaining <= 0:
+            continue
+        signed = remaining if o.action == "BUY" else -remaining
+        key = key_of(o.__dict__)
+        slot = out.setdefault(key, {"manual": 0.0, "own": 0.0, "own_orders": []})
+        if o.orderRef.startswith(prefix):
+            slot["own"] += signed
+            slot["own_orders"].append(o)
+        else:
+            slot["manual"] += signed
+    return out
+
+
+def band_reason(delta: int, target: int, price: float, mult: float, risk: docs.RiskLimits) -> str | None:
+    """Why a delta is too small to trade, or None. Closing a position ignores the threshold."""
+    if abs(delta) < risk.min_order_quantity:
+        return f"min_order_quantity: |{delta}| < {risk.min_order_quantity}"
+    if abs(delta) * price * mult < risk.min_order_notional:
+        return f"min_order_notional: {abs(delta) * price * mult:.2f} < {risk.min_order_notional:.2f}"
+    if target != 0 and abs(delta) < risk.rebalance_threshold * abs(target):
+        return f"rebalance_threshold: |{delta}| < {risk.rebalance_threshold} × |{target}|"
+    return None
+
+
+def make_order(key: str, contract: dict, delta: int, price: float, execution_id: str,
+               defaults: docs.OrderDefaults) -> dict:
+    action = "BUY" if delta > 0 else "SELL"
+    order = {"instrument": key, "contract": contract, "action": action, "quantity": abs(delta),
+             "orderType": defaults.type, "tif": defaults.tif, "lmtPrice": None,
+             "orderRef": f"{defaults.order_ref_prefix}{execution_id}", "reference_price": price,
+             "notional": round(abs(delta) * price * multiplier_of(contract), 2)}
+    if defaults.type in ("LMT", "LOC"):
+        offset = defaults.limit_offset_bps / 10_000.0
+        raw = price * (1 + offset) if action == "BUY" else price * (1 - offset)
+        order["lmtPrice"] = _round_to_tick(raw, defaults.tick_size, action)
+    return order
+
+
+# ---- the decision -------------------------------------------------------------------------------
+def decide(inputs: Mapping[str, Any]) -> dict:
+    """The full decision for one execution; see the module docstring. Raises InputError only when
+    the inputs object itself is malformed; every problem inside a document is recorded instead."""
+    if not isinstance(inputs, Mapping):
+        raise InputError("inputs must be a JSON object")
+    now = _timestamp(inputs, "now")
+    window_start = _timestamp(inputs, "window_start")
+    mode = inputs.get("mode")
+    if mode not in ("paper", "live"):
+        raise InputError(f"inputs: field 'mode' must be 'paper' or 'live', got {mode!r}")
+    execution_id = inputs.get("execution_id")
+    if not isinstance(execution_id, str) or not execution_id:
+        raise InputError("inputs: field 'execution_id' must be a non-empty string")
+    for name in ("strategies", "intents"):
+        if not isinstance(inputs.get(name, {}), Mapping):
+            raise InputError(f"inputs: field '{name}' must be an object of strategy id → document")
+    raw_strategies: Mapping[str, Any] = inputs.get("strategies") or {}
+    raw_intents: Mapping[str, Any] = inputs.get("intents") or {}
+    previous = inputs.get("previous_execution")
+    if previous is not None and not isinstance(previous, Mapping):
+        raise InputError("inputs: field 'previous_execution' must be an execution record or null")
+
+    decision: dict[str, Any] = {
+        "execution_id": execution_id, "mode": mode, "now": iso(now), "window_start": iso(window_start),
+        "status": "ok", "blocked_reasons": [], "net_liquidation": None, "capital": {},
+        "skipped": [], "per_strategy": {}, "aggregated_target": [], "adjustments": [],
+        "final_target": [], "diff": [], "cancels": [], "orders": [],
+    }
+    if window_start > now:
+        return _blocked(decision, "window", f"window_start {iso(window_start)} is after now {iso(now)}")
+
+    # Configuration: fail closed on anything that makes capital ambiguous.
+    try:
+        config = docs.load(docs.CommonConfig, docs.common_config_path(), inputs.get("config"))
+    except DocumentError as err:
+        return _blocked(decision, "config", str(err))
+    if config.exposure.overall <= 0:
+        return _blocked(decision, "config", f"config/common: field 'exposure.overall' must be above 0, "
+                                            f"got {config.exposure.overall}")
+    strategies: dict[str, docs.StrategyConfig] = {}
+    for sid in sorted(raw_strategies):
+        raw = raw_strategies[sid]
+        alloc = raw.get("capital_allocation") if isinstance(raw, Mapping) else None
+        if isinstance(alloc, (int, float)) and not isinstance(alloc, bool) and alloc < 0:
+            return _blocked(decision, "config", f"strategies/{sid}: field 'capital_allocation' is negative ({alloc})")
+        try:
+            strategies[sid] = docs.load(docs.StrategyConfig, docs.strategy_path(sid), raw)
+        except DocumentError as err:
+            decision["skipped"].append({"strategy": sid, "reason": "invalid", "detail": str(err), "field": err.field})
+    total = sum(s.capital_allocation for s in strategies.values() if s.enabled)
+    if total > 1 + ALLOCATION_TOLERANCE:
+        return _blocked(decision, "config", f"enabled strategies' capital_allocation sum to {total:.6g}, above 1")
+
+    # The snapshot is the single source of truth; without a fresh one nothing is placed.
+    ppath = docs.portfolio_path(mode)
+    if inputs.get("portfolio") is None:
+        return _blocked(decision, "portfolio", f"{ppath} is missing: run reconcile first")
+    try:
+        portfolio = docs.load(docs.PortfolioSnapshot, ppath, inputs["portfolio"])
+    except DocumentError as err:
+        return _blocked(decision, "portfolio", str(err))
+    if portfolio.updated_at < window_start:
+        return _blocked(decision, "portfolio", f"{ppath}: field 'updated_at' {iso(portfolio.updated_at)} is before "
+                                               f"the window start {iso(window_start)} (stale snapshot)")
+    if previous:
+        last_orders = previous.get("last_orders_at") or (previous.get("executed_at") if previous.get("placed_orders") else None)
+        if last_orders:
+            last_orders_ts = _timestamp({"t": last_orders}, "t")
+            if portfolio.updated_at < last_orders_ts:
+                return _blocked(decision, "portfolio",
+                                f"{ppath}: field 'updated_at' {iso(portfolio.updated_at)} is older than the last "
+                                f"execution that placed orders ({iso(last_orders_ts)}): reconcile again")
+    is_paper = portfolio.account.startswith("DU")
+    if (mode == "paper") != is_paper:
+        return _blocked(decision, "account", f"{ppath}: field 'account' {portfolio.account!r} does not match mode "
+                                             f"{mode!r} (paper accounts start with 'DU')")
+
+    nav = portfolio.net_liquidation
+    decision["net_liquidation"] = nav
+    market: dict[str, float] = {}
+    held: dict[str, float] = {}
+    held_contract: dict[str, dict] = {}
+    for h in portfolio.holdings:
+        key = key_of(h.__dict__)
+        held[key] = held.get(key, 0.0) + h.quantity
+        held_contract.setdefault(key, contract_of(h.__dict__))
+        if h.market_price:
+            market.setdefault(key, h.market_price)
+
+    adjustments: list[dict] = decision["adjustments"]
+    per_strategy: dict[str, dict] = {}
+    for sid, cfg in strategies.items():
+        capital = nav * config.exposure.overall * cfg.capital_allocation
+        decision["capital"][sid] = round(capital, 6)
+        if not cfg.enabled:
+            decision["skipped"].append({"strategy": sid, "reason": "disabled",
+                                        "detail": f"strategies/{sid}: field 'enabled' is false; positions wind down"})
+            continue
+        if cfg.halted:
+            decision["skipped"].append({"strategy": sid, "reason": "halted",
+                                        "detail": f"strategies/{sid}: halted ({cfg.halted_reason or 'by operator'}); "
+                                                  f"positions wind down"})
+            continue
+        intent, skip = validate_intent(sid, raw_intents.get(sid), window_start, now, market)
+        if intent is not None:
+            rows = size_strategy(sid, intent, capital, cfg.risk_parameters.max_single_position_exposure,
+                                 market, adjustments)
+            per_strategy[sid] = {"source": "intent", "capital": round(capital, 6), "targets": rows}
+            continue
+        held_rows = previous_targets(previous, sid)
+        skip["action"] = "hold_previous" if held_rows is not None else "no_previous_targets"
+        decision["skipped"].append(skip)
+        if held_rows is not None:
+            per_strategy[sid] = {"source": "previous", "capital": round(capital, 6), "targets": held_rows}
+    # Strategies whose own document was invalid hold their previous targets too.
+    for skip in decision["skipped"]:
+        sid = skip["strategy"]
+        if skip["reason"] == "invalid" and sid not in strategies and sid not in per_strategy:
+            rows = previous_targets(previous, sid)
+            skip["action"] = "hold_previous" if rows is not None else "no_previous_targets"
+            if rows is not None:
+                per_strategy[sid] = {"source": "previous", "capital": None, "targets": rows}
+    decision["per_strategy"] = {sid: per_strategy[sid] for sid in sorted(per_strategy)}
+
+    # Aggregate per instrument with each strategy's contribution.
+    aggregated: dict[str, dict] = {}
+    for sid in sorted(per_strategy):
+        for r in per_strategy[sid]["targets"]:
+            slot = aggregated.get(r["instrument"])
+            if slot is None:
+                slot = aggregated[r["instrument"]] = {
+                    "instrument": r["instrument"], "contract": r["contract"], "quantity": 0,
+                    "price": market.get(r["instrument"], r["price"]), "contributions": []}
+            elif slot["price"] is None:
+                slot["price"] = r["price"]
+            slot["quantity"] += r["quantity"]
+            slot["contributions"].append({"strategy": sid, "quantity": r["quantity"]})
+
+    # The previous final target stays managed: winding it down needs a price and a contract.
+    prev_final = {r["instrument"]: r for r in ((previous or {}).get("decision") or {}).get("final_target", [])}
+    for key, r in prev_final.items():
+        if key not in aggregated:
+            aggregated[key] = {"instrument": key, "contract": r["contract"], "quantity": 0,
+                               "price": market.get(key, r.get("price")), "contributions": []}
+    unpriced = sorted(k for k, a in aggregated.items() if not a["price"] or a["price"] <= 0)
+    if unpriced:
+        return _blocked(decision, "prices", f"no reference price for {', '.join(unpriced)}")
+    decision["aggregated_target"] = [aggregated[k] for k in sorted(aggregated) if aggregated[k]["contributions"]]
+
+    final = apply_global_caps(aggregated, config.risk, nav, adjustments)
+    pending = pending_by_instrument(portfolio.open_orders, config.orders.order_ref_prefix)
+
+    sells, buys = [], []
+    for key in sorted(final):
+        a = aggregated[key]
+        target, have = final[key], held.get(key, 0.0)
+        slot = pending.get(key, {"manual": 0.0, "own": 0.0, "own_orders": []})
+        mult = multiplier_of(a["contract"])
+        need = target - have - slot["manual"]
+        row = {"instrument": key, "target": target, "held": have, "pending_manual": slot["manual"],
+               "pending_own": slot["own"], "delta": 0, "action": "none"}
+        if slot["own_orders"] and slot["own"] == need:
+            row["action"] = "keep_own_orders"
+        else:
+            for o in sorted(slot["own_orders"], key=lambda o: (o.orderId, o.permId)):
+                decision["cancels"].append({"orderId": o.orderId, "permId": o.permId, "instrument": key,
+                                            "remaining": o.remaining, "action": o.action, "orderRef": o.orderRef,
+                                            "reason": f"own working orders {slot['own']:+g} ≠ needed {need:+g}"})
+            delta = _trunc(need)
+            if delta != 0:
+                reason = band_reason(delta, target, a["price"], mult, config.risk)
+                if reason:
+                    row.update(action="suppressed", note=reason, suppressed=delta)
+                else:
+                    row.update(action="trade", delta=delta)
+                    order = make_order(key, a["contract"], delta, a["price"], execution_id, config.orders)
+                    (buys if delta > 0 else sells).append(order)
+            if slot["own_orders"] and row["action"] == "none":
+                row["action"] = "cancel_own_orders"
+        # Once flat with nothing pending, an instrument no strategy names leaves the managed universe.
+        if target == 0 and have == 0 and slot["manual"] == 0 and not a["contributions"] and row["action"] == "none" \
+                and not slot["own_orders"]:
+            continue
+        decision["final_target"].append({"instrument": key, "contract": a["contract"], "quantity": target,
+                                         "price": a["price"]})
+        decision["diff"].append(row)
+    decision["orders"] = sells + buys  # sells first: their proceeds fund the buys
+    decision["unmanaged_holdings"] = sorted(k for k in held if k not in final)
+    return decision

@@ -1,0 +1,55 @@
+"""The instrument key the Commander nets on (DESIGN.md §5).
+
+`(secType, symbol, currency, lastTradeDateOrContractMonth, strike, right, multiplier)`; exchange and
+conId are not part of it because IB reports SMART/BATS/primary inconsistently.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+CONTRACT_FIELDS = ("secType", "symbol", "currency", "lastTradeDateOrContractMonth", "strike", "right", "multiplier")
+
+
+def _multiplier(value: Any) -> str:
+    text = str(value or "").strip()
+    # IB reports "1" or "" for stocks; both mean "no multiplier".
+    return "" if text in ("", "1", "1.0") else text
+
+
+def _strike(value: Any) -> str:
+    number = float(value or 0.0)
+    return "" if number == 0.0 else format(number, "g")
+
+
+def key_of(row: Mapping[str, Any]) -> str:
+    """A canonical string key: 'STK:SPY:USD', or with expiry/strike/right/multiplier appended for derivatives."""
+    sec_type = str(row.get("secType") or "STK").upper()
+    symbol = str(row.get("symbol") or "").upper()
+    currency = str(row.get("currency") or "USD").upper()
+    tail = (str(row.get("lastTradeDateOrContractMonth") or ""), _strike(row.get("strike")),
+            str(row.get("right") or "").upper(), _multiplier(row.get("multiplier")))
+    if any(tail):
+        return ":".join((sec_type, symbol, currency) + tail)
+    return f"{sec_type}:{symbol}:{currency}"
+
+
+def contract_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The identifying contract fields of a row, plus exchange, for placing an order."""
+    return {
+        "symbol": str(row.get("symbol") or "").upper(),
+        "secType": str(row.get("secType") or "STK").upper(),
+        "currency": str(row.get("currency") or "USD").upper(),
+        "exchange": str(row.get("exchange") or "SMART"),
+        "lastTradeDateOrContractMonth": str(row.get("lastTradeDateOrContractMonth") or ""),
+        "strike": float(row.get("strike") or 0.0),
+        "right": str(row.get("right") or "").upper(),
+        "multiplier": _multiplier(row.get("multiplier")),
+    }
+
+
+def multiplier_of(contract: Mapping[str, Any]) -> float:
+    text = _multiplier(contract.get("multiplier"))
+    try:
+        return float(text) if text else 1.0
+    except ValueError:
+        return 1.0
