@@ -8,8 +8,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal, Optional, TypeVar
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, with_config
+from typing_extensions import NotRequired, TypedDict
 
 from lib.errors import DocumentError
 
@@ -100,26 +100,23 @@ class StrategyConfig(_Doc):
     halted_reason: Optional[str] = None
 
 
-class TargetPosition(_Doc):
-    symbol: str = Field(min_length=1)
-    secType: str = "STK"
-    exchange: str = "SMART"
-    primaryExchange: str = ""
-    currency: str = "USD"
-    lastTradeDateOrContractMonth: str = ""
-    strike: float = 0.0
-    right: str = ""
-    multiplier: str = ""
-    quantity: Optional[int] = Field(None, strict=True)
-    weight: Optional[float] = None
-    price: Optional[float] = Field(None, gt=0.0)
-    contract_details: Optional[dict[str, Any]] = None
-
-    @model_validator(mode="after")
-    def _quantity_xor_weight(self):
-        if (self.quantity is None) == (self.weight is None):
-            raise ValueError("give exactly one of 'quantity' (shares) or 'weight' (fraction of capital)")
-        return self
+@with_config(ConfigDict(extra="forbid", allow_inf_nan=False))
+class TargetPosition(TypedDict):
+    """One target row. A TypedDict rather than a model: intents can hold thousands of rows and the
+    Commander validates every one on each run (pydantic-core validates dicts ~3x faster)."""
+    symbol: Annotated[str, Field(min_length=1)]
+    secType: NotRequired[str]
+    exchange: NotRequired[str]
+    primaryExchange: NotRequired[str]
+    currency: NotRequired[str]
+    lastTradeDateOrContractMonth: NotRequired[str]
+    strike: NotRequired[float]
+    right: NotRequired[str]
+    multiplier: NotRequired[str]
+    quantity: NotRequired[Optional[Annotated[int, Field(strict=True)]]]  # signed whole shares
+    weight: NotRequired[Optional[float]]  # signed fraction of the strategy's capital
+    price: NotRequired[Optional[Annotated[float, Field(gt=0.0)]]]  # reference price
+    contract_details: NotRequired[Optional[dict[str, Any]]]
 
 
 class Intent(_Doc):
@@ -128,6 +125,13 @@ class Intent(_Doc):
     error_message: Optional[str] = None
     metadata: dict[str, Any] = {}
     target_positions: list[TargetPosition] = []
+
+    def check(self, path: str) -> None:
+        """Rules across fields of a row: exactly one of quantity and weight."""
+        for i, row in enumerate(self.target_positions):
+            if (row.get("quantity") is None) == (row.get("weight") is None):
+                raise DocumentError(path, f"target_positions[{i}]",
+                                    "give exactly one of 'quantity' (shares) or 'weight' (fraction of capital)")
 
 
 # ---- positions/{mode}/portfolio/latest ----------------------------------------------------------
@@ -218,10 +222,14 @@ def load(model: type[M], path: str, data: Any) -> M:
     if not isinstance(data, dict):
         raise DocumentError(path, None, f"expected a mapping, got {type(data).__name__}")
     try:
-        return model.model_validate(data)
+        doc = model.model_validate(data)
     except ValidationError as exc:
         field, msg = describe(exc)
         raise DocumentError(path, field or None, msg) from None
+    check = getattr(doc, "check", None)
+    if check is not None:
+        check(path)
+    return doc
 
 
 def dump(doc: BaseModel) -> dict[str, Any]:

@@ -16,11 +16,11 @@ import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any, Mapping
 
-from pydantic import ValidationError
+import numpy as np
 
 from lib import documents as docs
 from lib.canonical import iso
-from lib.commander.instrument import contract_of, key_of, multiplier_of
+from lib.commander.instrument import Catalog, multiplier_of
 from lib.errors import DocumentError
 
 TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
@@ -75,87 +75,106 @@ def _round_to_tick(price: float, tick: float, action: str) -> float:
 
 # ---- step 1: validate intents ------------------------------------------------------------------
 def validate_intent(sid: str, raw: Any, window_start: dt.datetime, now: dt.datetime,
-                    market: Mapping[str, float]) -> tuple[docs.Intent | None, dict | None]:
-    """The parsed intent, or None and a `skipped` entry saying why (missing/stale/error/invalid)."""
+                    market: Mapping[str, float], catalog: Catalog) -> tuple[docs.Intent | None, list[str], dict | None]:
+    """The parsed intent and its rows' instrument keys, or None and a `skipped` entry saying why
+    (missing/stale/error/invalid)."""
     path = docs.intent_path(sid)
     if raw is None:
-        return None, {"strategy": sid, "reason": "missing", "detail": f"{path} does not exist"}
+        return None, [], {"strategy": sid, "reason": "missing", "detail": f"{path} does not exist"}
     try:
         intent = docs.load(docs.Intent, path, raw)
     except DocumentError as err:
-        return None, {"strategy": sid, "reason": "invalid", "detail": str(err), "field": err.field}
+        return None, [], {"strategy": sid, "reason": "invalid", "detail": str(err), "field": err.field}
     if intent.status == "error":
-        return None, {"strategy": sid, "reason": "error",
-                      "detail": f"{path}: strategy reported an error: {intent.error_message or '(no message)'}"}
+        return None, [], {"strategy": sid, "reason": "error",
+                          "detail": f"{path}: strategy reported an error: {intent.error_message or '(no message)'}"}
     if intent.updated_at < window_start:
-        return None, {"strategy": sid, "reason": "stale",
-                      "detail": f"{path}: field 'updated_at' {iso(intent.updated_at)} is before the window start "
-                                f"{iso(window_start)}"}
+        return None, [], {"strategy": sid, "reason": "stale",
+                          "detail": f"{path}: field 'updated_at' {iso(intent.updated_at)} is before the window "
+                                    f"start {iso(window_start)}"}
     if intent.updated_at > now + FUTURE_SKEW:
-        return None, {"strategy": sid, "reason": "invalid", "field": "updated_at",
-                      "detail": f"{path}: field 'updated_at' {iso(intent.updated_at)} is in the future (now {iso(now)})"}
-    seen: dict[str, int] = {}
-    for i, t in enumerate(intent.target_positions):
-        key = key_of(t.__dict__)
-        if key in seen:
-            return None, {"strategy": sid, "reason": "invalid", "field": f"target_positions[{i}]",
-                          "detail": f"{path}: field 'target_positions[{i}]': duplicate instrument {key} "
-                                    f"(also target_positions[{seen[key]}])"}
-        seen[key] = i
-        if t.price is None and key not in market:
-            return None, {"strategy": sid, "reason": "invalid", "field": f"target_positions[{i}].price",
-                          "detail": f"{path}: field 'target_positions[{i}].price': no reference price for {key} "
-                                    f"and the portfolio snapshot has no market price for it"}
-    return intent, None
+        return None, [], {"strategy": sid, "reason": "invalid", "field": "updated_at",
+                          "detail": f"{path}: field 'updated_at' {iso(intent.updated_at)} is in the future "
+                                    f"(now {iso(now)})"}
+    keys = [catalog.key(t) for t in intent.target_positions]
+    if len(set(keys)) != len(keys):
+        seen: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key in seen:
+                return None, [], {"strategy": sid, "reason": "invalid", "field": f"target_positions[{i}]",
+                                  "detail": f"{path}: field 'target_positions[{i}]': duplicate instrument {key} "
+                                            f"(also target_positions[{seen[key]}])"}
+            seen[key] = i
+    for i, (t, key) in enumerate(zip(intent.target_positions, keys)):
+        if t.get("price") is None and key not in market:
+            return None, [], {"strategy": sid, "reason": "invalid", "field": f"target_positions[{i}].price",
+                              "detail": f"{path}: field 'target_positions[{i}].price': no reference price for {key} "
+                                        f"and the portfolio snapshot has no market price for it"}
+    return intent, keys, None
 
 
 # ---- step 2 and 3: size and per-strategy caps --------------------------------------------------
-def size_strategy(sid: str, intent: docs.Intent, capital: float, max_single: float,
-                  market: Mapping[str, float], adjustments: list) -> list[dict]:
-    """Targets in whole shares, within the strategy's single-position and gross caps."""
-    rows = []
-    for t in intent.target_positions:
-        fields = t.__dict__
-        key = key_of(fields)
-        contract = contract_of(fields)
-        price = market.get(key, t.price)
-        mult = multiplier_of(contract)
-        if t.quantity is not None:
-            qty = t.quantity
-        else:
-            qty = _trunc(t.weight * capital / (price * mult))
-        limit = max_single * capital
-        if abs(qty) * price * mult > limit + 1e-9:
-            capped = int(math.copysign(_trunc(limit / (price * mult)), qty))
-            adjustments.append(_adj("max_single_position_exposure", sid, key, qty, capped))
-            qty = capped
-        rows.append({"instrument": key, "contract": contract, "quantity": qty, "price": price})
-    gross = sum(abs(r["quantity"]) * r["price"] * multiplier_of(r["contract"]) for r in rows)
+def _trunc_array(x: np.ndarray) -> np.ndarray:
+    """Vectorised `_trunc`: toward zero, but 9.999999999999998 counts as 10."""
+    r = np.round(x)
+    return np.where(np.abs(x - r) < 1e-9, r, np.trunc(x)).astype(np.int64)
+
+
+def size_strategy(sid: str, intent: docs.Intent, keys: list[str], capital: float, max_single: float,
+                  market: Mapping[str, float], catalog: Catalog, adjustments: list) -> list[dict]:
+    """Targets in whole shares, within the strategy's single-position and gross caps.
+
+    Vectorised over the strategy's rows (numpy): a strategy may name thousands of instruments.
+    """
+    rows = intent.target_positions
+    if not rows:
+        return []
+    units = catalog.units
+    price = np.array([market.get(k) or t["price"] for t, k in zip(rows, keys)], dtype=float)
+    unit = price * np.array([units[k] for k in keys], dtype=float)
+    given = [t.get("quantity") for t in rows]
+    has_qty = np.array([q is not None for q in given])
+    qty_given = np.array([q if q is not None else 0 for q in given], dtype=np.int64)
+    weight = np.array([t.get("weight") or 0.0 for t in rows], dtype=float)
+    qty = np.where(has_qty, qty_given, _trunc_array(weight * capital / unit))
+
+    limit = max_single * capital
+    over = np.abs(qty) * unit > limit + 1e-9
+    if over.any():
+        capped = np.sign(qty) * _trunc_array(limit / unit)
+        for i in np.flatnonzero(over):
+            adjustments.append(_adj("max_single_position_exposure", sid, keys[i], int(qty[i]), int(capped[i])))
+        qty = np.where(over, capped, qty)
+
+    gross = float(np.sum(np.abs(qty) * unit))
     if gross > capital + 1e-9:
-        factor = capital / gross
-        for r in rows:
-            scaled = _trunc(r["quantity"] * factor)
-            if scaled != r["quantity"]:
-                adjustments.append(_adj("strategy_gross_exposure", sid, r["instrument"], r["quantity"], scaled,
-                                        f"gross {gross:.2f} above capital {capital:.2f}"))
-                r["quantity"] = scaled
-    return rows
+        scaled = _trunc_array(qty * (capital / gross))
+        detail = f"gross {gross:.2f} above capital {capital:.2f}"
+        for i in np.flatnonzero(scaled != qty):
+            adjustments.append(_adj("strategy_gross_exposure", sid, keys[i], int(qty[i]), int(scaled[i]), detail))
+        qty = scaled
+    return [{"instrument": k, "quantity": q, "price": p} for k, q, p in zip(keys, qty.tolist(), price.tolist())]
 
 
-def previous_targets(previous: Mapping[str, Any] | None, sid: str) -> list[dict] | None:
+def previous_targets(previous: Mapping[str, Any] | None, sid: str, catalog: Catalog) -> list[dict] | None:
     """The strategy's accepted targets in the previous execution, or None if it had none."""
     if not previous:
         return None
-    entry = ((previous.get("decision") or {}).get("per_strategy") or {}).get(sid)
+    decision = previous.get("decision") or {}
+    entry = (decision.get("per_strategy") or {}).get(sid)
     if not entry:
         return None
-    return [{"instrument": r["instrument"], "contract": r["contract"], "quantity": int(r["quantity"]),
-             "price": r.get("price")} for r in entry.get("targets", [])]
+    contracts = decision.get("instruments") or {}
+    rows = []
+    for r in entry.get("targets", []):
+        catalog.add(r["instrument"], contracts.get(r["instrument"]) or {})
+        rows.append({"instrument": r["instrument"], "quantity": int(r["quantity"]), "price": r.get("price")})
+    return rows
 
 
 # ---- step 6: global caps ------------------------------------------------------------------------
-def apply_global_caps(aggregated: dict[str, dict], risk: docs.RiskLimits, nav: float,
-                      adjustments: list) -> dict[str, int]:
+def apply_global_caps(aggregated: dict[str, dict], units: Mapping[str, float], risk: docs.RiskLimits,
+                      nav: float, adjustments: list) -> dict[str, int]:
     """Final quantities per instrument after allow_short, per-instrument and gross exposure caps."""
     final = {k: a["quantity"] for k, a in aggregated.items()}
     if not risk.allow_short:
@@ -165,13 +184,12 @@ def apply_global_caps(aggregated: dict[str, dict], risk: docs.RiskLimits, nav: f
                 final[k] = 0
     limit = risk.max_instrument_exposure * nav
     for k, q in final.items():
-        a = aggregated[k]
-        unit = a["price"] * multiplier_of(a["contract"])
+        unit = aggregated[k]["price"] * units[k]
         if abs(q) * unit > limit + 1e-9:
             capped = int(math.copysign(_trunc(limit / unit), q))
             adjustments.append(_adj("max_instrument_exposure", "global", k, q, capped))
             final[k] = capped
-    gross = sum(abs(q) * aggregated[k]["price"] * multiplier_of(aggregated[k]["contract"]) for k, q in final.items())
+    gross = sum(abs(q) * aggregated[k]["price"] * units[k] for k, q in final.items())
     gross_limit = risk.max_gross_exposure * nav
     if gross > gross_limit + 1e-9:
         factor = gross_limit / gross
@@ -185,7 +203,7 @@ def apply_global_caps(aggregated: dict[str, dict], risk: docs.RiskLimits, nav: f
 
 
 # ---- step 8-10: pending orders, own orders, delta and band ---------------------------------------
-def pending_by_instrument(open_orders: list[docs.OpenOrder], prefix: str) -> dict[str, dict]:
+def pending_by_instrument(open_orders: list[docs.OpenOrder], prefix: str, catalog: Catalog) -> dict[str, dict]:
     """Signed remaining quantity per instrument, split into manual (any client) and our own orders."""
     out: dict[str, dict] = {}
     for o in open_orders:
@@ -196,7 +214,7 @@ def pending_by_instrument(open_orders: list[docs.OpenOrder], prefix: str) -> dic
         if remaining <= 0:
             continue
         signed = remaining if o.action == "BUY" else -remaining
-        key = key_of(o.__dict__)
+        key = catalog.key(o.__dict__)
         slot = out.setdefault(key, {"manual": 0.0, "own": 0.0, "own_orders": []})
         if o.orderRef.startswith(prefix):
             slot["own"] += signed
@@ -258,7 +276,7 @@ def decide(inputs: Mapping[str, Any]) -> dict:
         "execution_id": execution_id, "mode": mode, "now": iso(now), "window_start": iso(window_start),
         "status": "ok", "blocked_reasons": [], "net_liquidation": None, "capital": {},
         "skipped": [], "per_strategy": {}, "aggregated_target": [], "adjustments": [],
-        "final_target": [], "diff": [], "cancels": [], "orders": [],
+        "final_target": [], "diff": [], "cancels": [], "orders": [], "instruments": {},
     }
     if window_start > now:
         return _blocked(decision, "window", f"window_start {iso(window_start)} is after now {iso(now)}")
@@ -313,11 +331,10 @@ def decide(inputs: Mapping[str, Any]) -> dict:
     decision["net_liquidation"] = nav
     market: dict[str, float] = {}
     held: dict[str, float] = {}
-    held_contract: dict[str, dict] = {}
+    catalog = Catalog()
     for h in portfolio.holdings:
-        key = key_of(h.__dict__)
+        key = catalog.key(h.__dict__)
         held[key] = held.get(key, 0.0) + h.quantity
-        held_contract.setdefault(key, contract_of(h.__dict__))
         if h.market_price:
             market.setdefault(key, h.market_price)
 
@@ -335,13 +352,13 @@ def decide(inputs: Mapping[str, Any]) -> dict:
                                         "detail": f"strategies/{sid}: halted ({cfg.halted_reason or 'by operator'}); "
                                                   f"positions wind down"})
             continue
-        intent, skip = validate_intent(sid, raw_intents.get(sid), window_start, now, market)
+        intent, keys, skip = validate_intent(sid, raw_intents.get(sid), window_start, now, market, catalog)
         if intent is not None:
-            rows = size_strategy(sid, intent, capital, cfg.risk_parameters.max_single_position_exposure,
-                                 market, adjustments)
+            rows = size_strategy(sid, intent, keys, capital, cfg.risk_parameters.max_single_position_exposure,
+                                 market, catalog, adjustments)
             per_strategy[sid] = {"source": "intent", "capital": round(capital, 6), "targets": rows}
             continue
-        held_rows = previous_targets(previous, sid)
+        held_rows = previous_targets(previous, sid, catalog)
         skip["action"] = "hold_previous" if held_rows is not None else "no_previous_targets"
         decision["skipped"].append(skip)
         if held_rows is not None:
@@ -350,7 +367,7 @@ def decide(inputs: Mapping[str, Any]) -> dict:
     for skip in decision["skipped"]:
         sid = skip["strategy"]
         if skip["reason"] == "invalid" and sid not in strategies and sid not in per_strategy:
-            rows = previous_targets(previous, sid)
+            rows = previous_targets(previous, sid, catalog)
             skip["action"] = "hold_previous" if rows is not None else "no_previous_targets"
             if rows is not None:
                 per_strategy[sid] = {"source": "previous", "capital": None, "targets": rows}
@@ -363,7 +380,7 @@ def decide(inputs: Mapping[str, Any]) -> dict:
             slot = aggregated.get(r["instrument"])
             if slot is None:
                 slot = aggregated[r["instrument"]] = {
-                    "instrument": r["instrument"], "contract": r["contract"], "quantity": 0,
+                    "instrument": r["instrument"], "quantity": 0,
                     "price": market.get(r["instrument"], r["price"]), "contributions": []}
             elif slot["price"] is None:
                 slot["price"] = r["price"]
@@ -371,25 +388,28 @@ def decide(inputs: Mapping[str, Any]) -> dict:
             slot["contributions"].append({"strategy": sid, "quantity": r["quantity"]})
 
     # The previous final target stays managed: winding it down needs a price and a contract.
-    prev_final = {r["instrument"]: r for r in ((previous or {}).get("decision") or {}).get("final_target", [])}
-    for key, r in prev_final.items():
+    prev_decision = (previous or {}).get("decision") or {}
+    prev_contracts = prev_decision.get("instruments") or {}
+    for r in prev_decision.get("final_target", []):
+        key = r["instrument"]
         if key not in aggregated:
-            aggregated[key] = {"instrument": key, "contract": r["contract"], "quantity": 0,
+            catalog.add(key, prev_contracts.get(key) or {})
+            aggregated[key] = {"instrument": key, "quantity": 0,
                                "price": market.get(key, r.get("price")), "contributions": []}
     unpriced = sorted(k for k, a in aggregated.items() if not a["price"] or a["price"] <= 0)
     if unpriced:
         return _blocked(decision, "prices", f"no reference price for {', '.join(unpriced)}")
     decision["aggregated_target"] = [aggregated[k] for k in sorted(aggregated) if aggregated[k]["contributions"]]
 
-    final = apply_global_caps(aggregated, config.risk, nav, adjustments)
-    pending = pending_by_instrument(portfolio.open_orders, config.orders.order_ref_prefix)
+    final = apply_global_caps(aggregated, catalog.units, config.risk, nav, adjustments)
+    pending = pending_by_instrument(portfolio.open_orders, config.orders.order_ref_prefix, catalog)
 
     sells, buys = [], []
     for key in sorted(final):
         a = aggregated[key]
         target, have = final[key], held.get(key, 0.0)
         slot = pending.get(key, {"manual": 0.0, "own": 0.0, "own_orders": []})
-        mult = multiplier_of(a["contract"])
+        mult = catalog.units[key]
         need = target - have - slot["manual"]
         row = {"instrument": key, "target": target, "held": have, "pending_manual": slot["manual"],
                "pending_own": slot["own"], "delta": 0, "action": "none"}
@@ -407,7 +427,7 @@ def decide(inputs: Mapping[str, Any]) -> dict:
                     row.update(action="suppressed", note=reason, suppressed=delta)
                 else:
                     row.update(action="trade", delta=delta)
-                    order = make_order(key, a["contract"], delta, a["price"], execution_id, config.orders)
+                    order = make_order(key, catalog.contracts[key], delta, a["price"], execution_id, config.orders)
                     (buys if delta > 0 else sells).append(order)
             if slot["own_orders"] and row["action"] == "none":
                 row["action"] = "cancel_own_orders"
@@ -415,9 +435,9 @@ def decide(inputs: Mapping[str, Any]) -> dict:
         if target == 0 and have == 0 and slot["manual"] == 0 and not a["contributions"] and row["action"] == "none" \
                 and not slot["own_orders"]:
             continue
-        decision["final_target"].append({"instrument": key, "contract": a["contract"], "quantity": target,
-                                         "price": a["price"]})
+        decision["final_target"].append({"instrument": key, "quantity": target, "price": a["price"]})
         decision["diff"].append(row)
     decision["orders"] = sells + buys  # sells first: their proceeds fund the buys
+    decision["instruments"] = {k: catalog.contracts[k] for k in sorted(final)}
     decision["unmanaged_holdings"] = sorted(k for k in held if k not in final)
     return decision

@@ -53,3 +53,33 @@ def multiplier_of(contract: Mapping[str, Any]) -> float:
         return float(text) if text else 1.0
     except ValueError:
         return 1.0
+
+
+class Catalog:
+    """Keys, contracts and multipliers of the instruments one decision sees, each computed once.
+
+    A decision touches the same few thousand instruments in hundreds of thousands of rows; keying
+    the cache on the raw identifying fields makes a row's key one tuple and one dict lookup.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple, str] = {}
+        self.contracts: dict[str, dict[str, Any]] = {}
+        self.units: dict[str, float] = {}
+
+    def key(self, row: Mapping[str, Any]) -> str:
+        get = row.get
+        raw = (get("secType"), get("symbol"), get("currency"), get("lastTradeDateOrContractMonth"),
+               get("strike"), get("right"), get("multiplier"))
+        key = self._keys.get(raw)
+        if key is None:
+            key = self._keys[raw] = key_of(row)
+            if key not in self.contracts:
+                self.add(key, contract_of(row))
+        return key
+
+    def add(self, key: str, contract: Mapping[str, Any]) -> None:
+        """Register a contract under its key (first one seen wins: exchange is not identity)."""
+        if key not in self.contracts:
+            self.contracts[key] = dict(contract)
+            self.units[key] = multiplier_of(contract)
