@@ -17,6 +17,8 @@ from lib.errors import AlreadyExistsError, PipelineError
 DEFAULT_COMMON = docs.CommonConfig(
     tradingEnabled=True,  # paper trading on the simulator by default; live needs an explicit mode
     tradingState="active",
+    # A no-trade band: weight targets drift with net liquidation by a few shares every day.
+    risk=docs.RiskLimits(min_order_notional=100.0, rebalance_threshold=0.01),
 )
 
 DEFAULT_STRATEGIES = {

@@ -1,0 +1,304 @@
+"""The scheduled job: strategies in parallel, then reconcile, then the Commander, each a notebook
+executed by papermill and kept unchanged in the audit store.
+
+`run(settings, options)` is the one entry point; `run_pipeline.py` (CLI) and `main.py` (HTTP) both
+call it. It returns a `RunResult`; the exit codes are EXIT_*.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from lib import documents as docs
+from lib import intent as intents
+from lib import lease, scraps, sessions
+from lib.audit import AuditError, AuditStore, open_audit
+from lib.bus import Bus, open_bus
+from lib.canonical import iso
+from lib.errors import BusError, PipelineError
+from lib.execution import new_execution_id
+from lib.progress import Progress
+from lib.seed import seed
+from lib.settings import Settings
+
+UTC = dt.timezone.utc
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+EXCHANGE_TZ = ZoneInfo("America/New_York")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+
+
+@dataclasses.dataclass
+class Options:
+    strategies: list[str] | None = None  # None: every enabled strategy
+    dry_run: bool = False
+    reconcile: bool = True
+    trigger: str = "manual"
+    as_of: str | None = None  # simulator clock; default: today's session
+    window_start: str | None = None
+    force: bool = False  # run on a day the exchange is closed
+    strategy_timeout: float = 600.0
+    stage_timeout: float = 900.0
+    lease_minutes: float = 60.0
+    workers: int | None = None
+
+
+@dataclasses.dataclass
+class StageResult:
+    name: str
+    notebook: str  # link in the audit store
+    ok: bool
+    seconds: float
+    error: str = ""
+
+
+@dataclasses.dataclass
+class RunResult:
+    exit_code: int
+    status: str
+    message: str
+    run_id: str = ""
+    execution_id: str = ""
+    record: dict | None = None
+    stages: list[StageResult] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        rec = self.record or {}
+        return {"exit_code": self.exit_code, "status": self.status, "message": self.message, "run_id": self.run_id,
+                "execution_id": self.execution_id, "summary": rec.get("summary"),
+                "orders": rec.get("orders_placed") or (rec.get("decision") or {}).get("orders", []),
+                "skipped": (rec.get("decision") or {}).get("skipped", []),
+                "notebooks": [s.notebook for s in self.stages],
+                "stages": [dataclasses.asdict(s) for s in self.stages]}
+
+
+# ---- running one notebook ---------------------------------------------------------------------
+def _execute(src: Path, out: Path, params: dict, timeout: float) -> tuple[bool, str]:
+    """papermill in a child process group; killed (kernel included) if it outlives `timeout` + grace."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "lib.stage", str(src), str(out), json.dumps(params), str(timeout)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout + 30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return False, f"timed out after {timeout:.0f} s and was killed"
+    if proc.returncode == 0:
+        return True, ""
+    from lib.stage import MARKER
+    marked = [l[len(MARKER):] for l in (err or "").splitlines() if l.startswith(MARKER)]
+    return False, (marked[-1] if marked else f"exit code {proc.returncode}")[:500]
+
+
+def _kept(audit: AuditStore, local: Path, name: str, meta: dict) -> str:
+    """Store an executed notebook (local stores executed in place already)."""
+    if not local.exists():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        import nbformat
+        stub = nbformat.v4.new_notebook()
+        stub.cells = [nbformat.v4.new_markdown_cell(f"# {name}\n\nThis stage produced no notebook: {meta.get('error')}")]
+        nbformat.write(stub, local)
+    return audit.put_file(local, name, {k: str(v) for k, v in meta.items()})
+
+
+# ---- the run ----------------------------------------------------------------------------------
+def _git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _strategy_notebook(sid: str, doc: dict) -> Path:
+    rel = doc.get("notebook") or f"notebooks/strategies/{sid}.ipynb"
+    path = (ROOT / rel).resolve()
+    if not path.is_file():
+        raise PipelineError(f"strategies/{sid}: field 'notebook': {rel} does not exist")
+    return path
+
+
+def run(settings: Settings, options: Options, progress: Progress | None = None,
+        now: dt.datetime | None = None) -> RunResult:
+    """Run the three stages once; never raises for an operational failure (the result says)."""
+    now = now or dt.datetime.now(UTC)
+    run_id = new_execution_id(now, secrets.token_hex(3))
+    progress = progress or Progress(run_id=run_id)
+    progress.run_id = run_id
+    progress.log(f"run {run_id}: {settings.describe()}" + (" (dry run)" if options.dry_run else ""))
+
+    try:
+        bus = open_bus(settings.bus)
+        if bus.get(docs.common_config_path()) is None:
+            created = [p for p, what in seed(bus).items() if what == "created"]
+            progress.log(f"empty bus: seeded {', '.join(created)}")
+        audit = open_audit(settings.audit)
+    except (BusError, AuditError, ValueError) as err:
+        return RunResult(EXIT_FAILED, "failed", f"cannot open the bus or the audit store: {err}", run_id)
+
+    is_sim = settings.broker.startswith("sim")
+    day = dt.date.fromisoformat(options.as_of) if options.as_of else now.astimezone(EXCHANGE_TZ).date()
+    if not sessions.is_session(day) and not options.force:
+        msg = f"{day} is not a trading session of the exchange (XNYS): nothing to do (use --force to run anyway)"
+        progress.log(msg)
+        return RunResult(EXIT_OK, "closed", msg, run_id)
+    as_of = (options.as_of or sessions.last_session_on_or_before(day).isoformat()) if is_sim else None
+
+    try:
+        lease.acquire(bus, settings.mode, run_id, dt.timedelta(minutes=options.lease_minutes), now)
+    except lease.LeaseHeldError as err:
+        progress.log(str(err), "error")
+        return RunResult(EXIT_LOCKED, "locked", str(err), run_id)
+    except BusError as err:
+        return RunResult(EXIT_FAILED, "failed", f"bus unreachable: {err}", run_id)
+    try:
+        return _run_stages(bus, audit, settings, options, progress, run_id, now, as_of)
+    except (BusError, PipelineError) as err:
+        progress.log(f"run failed: {err}", "error")
+        return RunResult(EXIT_FAILED, "failed", str(err), run_id)
+    finally:
+        try:
+            lease.release(bus, settings.mode, run_id)
+        except BusError:
+            progress.log(f"could not release {docs.lock_path(settings.mode)}; it expires by itself", "warn")
+        bus.close()
+
+
+def _run_stages(bus: Bus, audit: AuditStore, settings: Settings, options: Options, progress: Progress,
+                run_id: str, now: dt.datetime, as_of: str | None) -> RunResult:
+    strategies = bus.list("strategies")
+    if options.strategies is not None:
+        unknown = sorted(set(options.strategies) - set(strategies))
+        if unknown:
+            return RunResult(EXIT_USAGE, "failed", f"unknown strategies: {', '.join(unknown)} "
+                                                   f"(known: {', '.join(sorted(strategies))})", run_id)
+        chosen = [s for s in options.strategies if strategies[s].get("enabled")]
+    else:
+        chosen = sorted(s for s, d in strategies.items() if d.get("enabled"))
+
+    folder = f"{now.astimezone(EXCHANGE_TZ).date().isoformat()}/{run_id}"
+    names = {sid: f"{folder}/{i:02d}_{sid}.ipynb" for i, sid in enumerate(chosen, start=1)}
+    names["reconcile"] = f"{folder}/{len(chosen) + 1:02d}_reconcile.ipynb"
+    names["commander"] = f"{folder}/{len(chosen) + 2:02d}_commander.ipynb"
+    work = audit.local_dir(folder) or Path(tempfile.mkdtemp(prefix=f"run-{run_id}-"))
+    local = {k: work / Path(v).name for k, v in names.items()}
+    common = {"mode": settings.mode, "bus_url": settings.bus, "broker_url": settings.broker, "as_of": as_of,
+              "run_id": run_id}
+    meta = {"run_id": run_id, "git_revision": _git_revision()}
+    stages: list[StageResult] = []
+
+    def run_strategy(sid: str) -> StageResult:
+        progress.update(f"strategy {sid}", "running")
+        t0 = time.monotonic()
+        try:
+            src = _strategy_notebook(sid, strategies[sid])
+            ok, err = _execute(src, local[sid], {**common, "strategy_id": sid}, options.strategy_timeout)
+        except PipelineError as exc:
+            ok, err = False, str(exc)
+        if not ok:
+            # The notebook normally records its own error intent; a killed or unstartable one cannot.
+            current = bus.get(docs.intent_path(sid)) or {}
+            if not current.get("updated_at") or current["updated_at"] < now:
+                intents.publish_error(bus, sid, f"strategy notebook failed: {err}")
+        result = StageResult(f"strategy {sid}", names[sid], ok, round(time.monotonic() - t0, 2), err)
+        progress.update(result.name, "ok" if ok else "FAILED", f"{result.seconds:.1f} s {err}".strip(),
+                        "ok" if ok else "error")
+        return result
+
+    # Stage 1: strategies in parallel worker processes; one failing or hanging does not stop the others.
+    workers = max(1, min(len(chosen) or 1, options.workers or os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        stages += list(pool.map(run_strategy, chosen))
+
+    # Stage 2 and 3 only after stage 1 has finished.
+    def run_single(key: str, params: dict) -> StageResult:
+        progress.update(key, "running")
+        t0 = time.monotonic()
+        ok, err = _execute(NOTEBOOKS / f"{key}.ipynb", local[key], {**common, **params}, options.stage_timeout)
+        result = StageResult(key, names[key], ok, round(time.monotonic() - t0, 2), err)
+        progress.update(key, "ok" if ok else "FAILED", f"{result.seconds:.1f} s {err}".strip(), "ok" if ok else "error")
+        return result
+
+    if options.reconcile:
+        stages.append(run_single("reconcile", {}))
+    else:
+        progress.update("reconcile", "skipped", "--no-reconcile: the last snapshot is used if still fresh")
+    execution_id = run_id
+    links = [audit.link(names[k]) for k in [*chosen, *(["reconcile"] if options.reconcile else []), "commander"]]
+    stages.append(run_single("commander", {
+        "execution_id": execution_id, "dry_run": options.dry_run, "trigger": options.trigger,
+        "window_start": options.window_start, "notebooks": links, "audit_url": settings.audit}))
+
+    # Keep every executed notebook, failed ones too, unchanged.
+    for key, st in zip([*chosen, *(["reconcile"] if options.reconcile else []), "commander"], stages):
+        try:
+            st.notebook = _kept(audit, local[key], names[key], {**meta, "stage": key, "status": "ok" if st.ok else "failed",
+                                                                 "error": st.error})
+        except AuditError as err:
+            progress.log(f"could not keep {names[key]}: {err}", "error")
+            st.ok, st.error = False, f"{st.error} audit: {err}".strip()
+
+    record = bus.get(docs.execution_path(execution_id))
+    if record is None:
+        # The commander notebook died before writing: record that, so the run leaves a trace on the bus.
+        commander = stages[-1]
+        record = {"execution_id": execution_id, "executed_at": now, "mode": settings.mode, "trigger": options.trigger,
+                  "run_id": run_id, "status": "failed", "placed_orders": False,
+                  "summary": f"Failed: the commander notebook did not finish: {commander.error}",
+                  "decision": None, "orders_placed": [], "notebooks": links}
+        try:
+            bus.create(docs.execution_path(execution_id), record)
+        except BusError as err:
+            progress.log(f"could not write {docs.execution_path(execution_id)}: {err}", "error")
+    else:
+        found = scraps.read(local["commander"]).get("execution", {})
+        if found and found.get("status") != record.get("status"):
+            progress.log("the commander notebook's result and the bus record disagree", "warn")
+
+    status = record.get("status", "failed")
+    failed_stage = any(not s.ok for s in stages)
+    exit_code = EXIT_OK if status in ("completed", "dry_run", "disabled", "awaiting_approval") and not failed_stage \
+        else EXIT_FAILED
+    message = record.get("summary") or status
+    progress.log(f"execution {execution_id}: {status}: {message}", "info" if exit_code == 0 else "error",
+                 execution_id=execution_id, status=status)
+    return RunResult(exit_code, status, message, run_id, execution_id, record, stages)
+
+
+def report(result: RunResult) -> str:
+    """The end-of-run table for a person: skipped strategies, orders, the execution id, the notebooks."""
+    lines = [f"run {result.run_id}: {result.status} (exit {result.exit_code})", f"  {result.message}"]
+    rec = result.record or {}
+    decision = rec.get("decision") or {}
+    if decision.get("skipped"):
+        lines.append("  skipped strategies:")
+        lines += [f"    {s['strategy']:<24} {s['reason']:<9} {s.get('action', ''):<20} {s['detail'][:90]}"
+                  for s in decision["skipped"]]
+    orders = rec.get("orders_placed") or decision.get("orders") or []
+    if orders:
+        lines.append("  orders:" if rec.get("orders_placed") else "  planned orders (not placed):")
+        for o in orders:
+            qty = o.get("totalQuantity", o.get("quantity"))
+            sym = o.get("symbol") or o["contract"]["symbol"]
+            lines.append(f"    {o['action']:<4} {qty:>8} {sym:<8} {o.get('orderType', ''):<4} "
+                         f"{o.get('status', 'planned'):<12} {o.get('error') or ''}")
+    if result.execution_id:
+        lines.append(f"  execution: executions/{result.execution_id}")
+    if result.stages:
+        lines.append("  notebooks:")
+        lines += [f"    {'ok ' if s.ok else 'ERR'} {s.notebook}" for s in result.stages]
+    return "\n".join(lines)

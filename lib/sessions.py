@@ -1,0 +1,63 @@
+"""The exchange calendar (exchange_calendars' XNYS by default): trading days and the freshness window.
+
+The pipeline acts once per session, after it; an intent is fresh when it was written after the close
+of the session before the one being acted on.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+
+import pandas as pd
+
+UTC = dt.timezone.utc
+DEFAULT_CALENDAR = "XNYS"
+
+
+@functools.lru_cache(maxsize=4)
+def calendar(name: str = DEFAULT_CALENDAR):
+    import exchange_calendars as xc
+    return xc.get_calendar(name)
+
+
+def _ts(value: dt.datetime) -> pd.Timestamp:
+    if value.tzinfo is None:
+        raise ValueError(f"{value.isoformat()} has no time zone")
+    return pd.Timestamp(value).tz_convert("UTC")
+
+
+def is_session(day: dt.date, name: str = DEFAULT_CALENDAR) -> bool:
+    """True when the exchange trades on `day`."""
+    return bool(calendar(name).is_session(pd.Timestamp(day)))
+
+
+def current_session(now: dt.datetime, name: str = DEFAULT_CALENDAR) -> dt.date:
+    """The latest session that has opened at `now` (today's once the bell rang, else the previous one)."""
+    cal = calendar(name)
+    day = cal.date_to_session(pd.Timestamp(_ts(now).date()), direction="previous")
+    if cal.session_open(day) > _ts(now):
+        day = cal.previous_session(day)
+    return day.date()
+
+
+def session_close(day: dt.date, name: str = DEFAULT_CALENDAR) -> dt.datetime:
+    return calendar(name).session_close(pd.Timestamp(day)).to_pydatetime().astimezone(UTC)
+
+
+def previous_session(day: dt.date, name: str = DEFAULT_CALENDAR) -> dt.date:
+    return calendar(name).previous_session(pd.Timestamp(day)).date()
+
+
+def last_session_on_or_before(day: dt.date, name: str = DEFAULT_CALENDAR) -> dt.date:
+    return calendar(name).date_to_session(pd.Timestamp(day), direction="previous").date()
+
+
+def window_start(now: dt.datetime, fresh_minutes: float | None = None, override: dt.datetime | None = None,
+                 name: str = DEFAULT_CALENDAR) -> dt.datetime:
+    """Where the freshness window starts: `override`, else `now − fresh_minutes`, else the close of the
+    session before the current one."""
+    if override is not None:
+        return _ts(override).to_pydatetime()
+    if fresh_minutes is not None:
+        return now.astimezone(UTC) - dt.timedelta(minutes=fresh_minutes)
+    return session_close(previous_session(current_session(now, name), name), name)

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""The scheduled entry point: strategies → reconcile → commander, each notebook kept as the audit.
+
+    python run_pipeline.py [--strategies a,b] [--dry-run] [--no-reconcile] [--mode paper|live]
+                           [--bus URL] [--broker URL] [--audit URL] [--as-of DATE]
+                           [--trigger scheduled|manual] [--window-start ISO] [--force]
+                           [--log-format text|json]
+
+With no flags it runs everything on the embedded defaults (SQLite bus, simulated broker, runs/),
+seeding an empty bus first. Exit codes: 0 success, dry run or exchange closed; 1 failure;
+2 bad usage; 3 another run holds the lock.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lib import pipeline
+from lib.progress import Progress
+from lib.settings import resolve
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="run_pipeline.py", description=__doc__.splitlines()[0])
+    p.add_argument("--strategies", help="comma-separated strategy ids (default: every enabled strategy)")
+    p.add_argument("--dry-run", action="store_true", help="compute and record the plan, place nothing")
+    p.add_argument("--no-reconcile", dest="reconcile", action="store_false", help="skip the reconcile stage")
+    p.add_argument("--mode", choices=["paper", "live"], help="trading mode (default: $COMMANDER_MODE or paper)")
+    p.add_argument("--bus", help="sqlite:///PATH or firestore://PROJECT[/DATABASE]")
+    p.add_argument("--broker", help="sim[:///PATH] or ib://HOST:PORT?client_id=N")
+    p.add_argument("--audit", help="runs/ or gs://BUCKET/PREFIX")
+    p.add_argument("--as-of", help="simulator clock date YYYY-MM-DD (default: today's session)")
+    p.add_argument("--trigger", choices=["scheduled", "manual"], default="manual")
+    p.add_argument("--window-start", help="ISO-8601 start of the freshness window (default: previous session's close)")
+    p.add_argument("--force", action="store_true", help="run even though the exchange is closed that day")
+    p.add_argument("--strategy-timeout", type=float, default=600.0, help="seconds per strategy notebook (600)")
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        settings = resolve({"mode": args.mode, "bus": args.bus, "broker": args.broker, "audit": args.audit})
+    except ValueError as err:
+        print(f"run_pipeline.py: {err}", file=sys.stderr)
+        return pipeline.EXIT_USAGE
+    options = pipeline.Options(
+        strategies=[s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None,
+        dry_run=args.dry_run, reconcile=args.reconcile, trigger=args.trigger, as_of=args.as_of,
+        window_start=args.window_start, force=args.force, strategy_timeout=args.strategy_timeout)
+    progress = Progress(json_lines=args.log_format == "json")
+    result = pipeline.run(settings, options, progress)
+    if args.log_format == "json":
+        progress.log("run finished", "info" if result.exit_code == 0 else "error", result=result.to_dict())
+    else:
+        print(pipeline.report(result))
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
