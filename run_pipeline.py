@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         strategies=[s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None,
         dry_run=args.dry_run, reconcile=args.reconcile, trigger=args.trigger, as_of=args.as_of,
         window_start=args.window_start, force=args.force, strategy_timeout=args.strategy_timeout)
-    progress = Progress(json_lines=args.log_format == "json")
+    json_lines = args.log_format == "json"
+    progress = Progress(stream=sys.stdout if json_lines else sys.stderr, json_lines=json_lines)
     result = pipeline.run(settings, options, progress)
     if args.log_format == "json":
         progress.log("run finished", "info" if result.exit_code == 0 else "error", result=result.to_dict())

@@ -167,6 +167,6 @@ def test_cli_exit_codes_and_report(tmp_path):
     res = subprocess.run(args[:-2] + ["--strategies", "dummy", "--dry-run", "--log-format", "json"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    lines = [json.loads(l) for l in res.stderr.splitlines() if l.strip()]
+    lines = [json.loads(l) for l in res.stdout.splitlines() if l.strip()]
     assert all("severity" in l for l in lines)
     assert lines[-1]["result"]["status"] == "dry_run"

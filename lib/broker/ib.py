@@ -1,0 +1,581 @@
+"""`IBBroker`: the `Broker` interface over IB Gateway / TWS, through ib_async's synchronous API.
+
+Every public method returns the plain dataclasses of `lib.broker.base` and raises only the
+errors of `lib.errors`; no ib_async or asyncio exception escapes. Outgoing messages go through a
+`Pacer` (IB disconnects clients above 50 messages/s; the default here is 45) and historical-data
+requests through a second one (IB penalises more than 60 requests per 10 minutes).
+
+Each IBBroker runs its ib_async `IB` on a private event loop in a daemon thread and hands every
+request to it. So it works from any thread, inside Jupyter/papermill or an async program (where a
+loop is already running and ib_async's own sync API would need nest_asyncio), and one
+connection's drop never disturbs another's requests (ib_async's sync runner cancels whatever
+runs in the thread when ANY connection there drops).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import math
+import threading
+import urllib.parse
+from typing import Any, Callable, Coroutine, Iterable, Iterator
+
+from ib_async import IB, Contract as IBContract, LimitOrder, MarketOrder, Order
+from ib_async.wrapper import RequestError
+
+from lib.broker.base import (ORDER_TYPES, TERMINAL_STATUSES, UNACKNOWLEDGED_STATUSES, AccountSnapshot,
+                             Bar, Broker, Contract, Holding, OrderRequest, OrderState, check_account)
+from lib.errors import (AccountMismatchError, BrokerConnectionError, BrokerError, BrokerTimeoutError,
+                        OrderRejectedError, PipelineError, UnknownContractError)
+from lib.pacing import Pacer
+
+USUAL_PORTS = "4002 (IB Gateway paper), 4001 (IB Gateway live), 7497 (TWS paper), 7496 (TWS live)"
+DEFAULT_MSG_RATE = 45  # per second; IB's hard limit is 50
+HIST_LIMIT, HIST_PERIOD = 60, 600.0  # historical requests per 10 minutes
+UNSET_DOUBLE = 1.7976931348623157e308
+
+# IB error codes that leave an order alive (ib_async treats the same ones as warnings) or that
+# answer a cancel request; any other error tied to an order id means the order was rejected.
+_WARNING_CODES = frozenset({105, 110, 165, 321, 329, 399, 404, 434, 492, 10167})
+_CANCEL_CODES = frozenset({161, 202, 10147, 10148})
+_URL_KEYS = frozenset({"client_id", "timeout", "account", "msg_rate"})
+
+
+async def _next_emit(event: Any) -> Any:
+    """The arguments of an eventkit event's next emit."""
+    return await event
+
+
+def _is_failure(code: int) -> bool:
+    """Whether an error code tied to a request/order id means that request or order failed."""
+    return code not in _WARNING_CODES and code not in _CANCEL_CODES and not 2100 <= code < 2200
+
+
+class _LoopThread:
+    """A private asyncio loop on a daemon thread: the only place a broker's IB object runs."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float) -> Any:
+        """Run `coro` on the loop, cancelled after `timeout` s; returns its result or raises its error."""
+        if not self._thread.is_alive():
+            coro.close()
+            raise ConnectionError("the broker's event loop has stopped")
+        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, timeout), self.loop)
+        return future.result(timeout + 5)  # wait_for ends it in time; the margin covers a stuck loop
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call a plain function on the loop thread and return its result."""
+
+        async def call() -> Any:
+            return fn(*args)
+
+        return self.run(call(), 30)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+
+
+class IBBroker(Broker):
+    """One API connection (one client id) to IB Gateway or TWS, trading one account.
+
+    Rejections: `place_order` returns an OrderState with status "Inactive" and `error` set
+    ("IB error 201: Order rejected - reason: ...") when IB rejects the order; it raises
+    OrderRejectedError only for requests that are invalid before anything is sent (quantity
+    <= 0, unknown order type or action, a missing or superfluous limit price).
+    """
+
+    def __init__(self, host: str, port: int, client_id: int, mode: str,
+                 expected_account: str | None = None, timeout: float = 10.0,
+                 account: str | None = None, msg_rate: int = DEFAULT_MSG_RATE,
+                 msg_pacer: Pacer | None = None, hist_pacer: Pacer | None = None,
+                 ack_timeout: float | None = None):
+        """Connect (blocking) and synchronise.
+
+        `account` picks one of several managed accounts; `expected_account` is the configured
+        `config/{mode}.account` that the account guard compares before each order. Raises
+        BrokerConnectionError when the connection fails, AccountMismatchError when `account` is
+        not managed by the login (or the login manages several and none was named).
+        """
+        self.host, self.port, self.client_id = host, int(port), int(client_id)
+        self.mode = mode
+        self.expected_account = expected_account
+        self.timeout = float(timeout)
+        self.ack_timeout = min(self.timeout, 5.0) if ack_timeout is None else float(ack_timeout)
+        self._msg_pacer = msg_pacer or Pacer(int(msg_rate), 1.0)
+        self._hist_pacer = hist_pacer or Pacer(HIST_LIMIT, HIST_PERIOD)
+        # The two dicts below are touched on the loop thread only.
+        self._trades: dict[int, Any] = {}  # order id -> ib_async Trade, for orders placed here
+        self._errors: dict[int, tuple[int, str]] = {}  # request/order id -> failing (code, message)
+        self._last_api_error = ""
+        self._closed = False
+        self._account = ""
+        self._thread = _LoopThread(f"ib-broker-{self.host}:{self.port}-{self.client_id}")
+        self._ib: IB = self._call(self._make_ib)
+        self._account = self._connect(account)
+
+    @classmethod
+    def from_url(cls, url: str, mode: str, expected_account: str | None = None, **options) -> "IBBroker":
+        """Open `ib://HOST:PORT?client_id=N[&timeout=S][&account=ID][&msg_rate=R]`.
+
+        Keyword `options` (same names, plus msg_pacer/hist_pacer/ack_timeout) override the URL.
+        Raises ValueError for a malformed URL, BrokerConnectionError when it cannot connect.
+        """
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "ib" or not parts.hostname or not parts.port:
+            raise ValueError(f"bad IB broker URL {url!r}; expected 'ib://HOST:PORT?client_id=N'")
+        query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+        unknown = set(query) - _URL_KEYS
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)} in {url!r}; allowed: {sorted(_URL_KEYS)}")
+        settings: dict[str, Any] = {}
+        try:
+            if "client_id" in query:
+                settings["client_id"] = int(query["client_id"])
+            if "timeout" in query:
+                settings["timeout"] = float(query["timeout"])
+            if "msg_rate" in query:
+                settings["msg_rate"] = int(query["msg_rate"])
+        except ValueError as exc:
+            raise ValueError(f"bad number in IB broker URL {url!r}: {exc}") from None
+        if query.get("account"):
+            settings["account"] = query["account"]
+        settings.update(options)
+        if "client_id" not in settings:
+            raise ValueError(f"IB broker URL {url!r} lacks client_id (e.g. 'ib://127.0.0.1:4002?client_id=1')")
+        return cls(parts.hostname, parts.port, mode=mode, expected_account=expected_account, **settings)
+
+    # ---- the loop thread -----------------------------------------------------------------------
+    def _run(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
+        """Run a coroutine on the broker's loop thread, bounded by `timeout` (default: the request timeout)."""
+        return self._thread.run(coro, timeout or self.timeout)
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._thread.call(fn, *args)
+
+    def _make_ib(self) -> IB:
+        ib = IB()  # created on the loop thread: its futures and events belong to that loop
+        ib.errorEvent += self._on_error
+        ib.client.apiError += self._on_api_error
+        return ib
+
+    # ---- connection ----------------------------------------------------------------------------
+    @property
+    def _where(self) -> str:
+        return f"{self.host}:{self.port} (client id {self.client_id})"
+
+    def _connect(self, wanted_account: str | None) -> str:
+        """Connect and synchronise, failing fast on a refused or closed socket; returns the account."""
+        self._pace(7)  # startApi and the six synchronisation requests
+        try:
+            self._run(self._connect_async(), timeout=3 * self.timeout + 1)  # connectAsync bounds each step
+        except (Exception, asyncio.CancelledError) as exc:
+            self.close()
+            raise BrokerConnectionError(self._connect_message(exc)) from None
+        accounts = self._call(self._ib.managedAccounts)
+        if wanted_account:
+            if wanted_account not in accounts:
+                self.close()
+                raise AccountMismatchError(
+                    f"account {wanted_account!r} is not managed by the IB login at {self._where}; "
+                    f"it manages {accounts}")
+            return wanted_account
+        if len(accounts) == 1:
+            return accounts[0]
+        if self.expected_account in accounts:
+            return self.expected_account
+        self.close()
+        raise AccountMismatchError(
+            f"the IB login at {self._where} manages {accounts or 'no accounts'}; name one with '&account=...'")
+
+    async def _connect_async(self) -> None:
+        # ib_async waits out its whole timeout when the gateway closes the socket during the
+        # handshake (e.g. client id in use); racing its apiError event fails fast instead.
+        # No account is passed: ib_async would subscribe to it before we could check it is managed
+        # (snapshot subscribes to the checked one).
+        connecting = asyncio.ensure_future(self._ib.connectAsync(
+            self.host, self.port, self.client_id, timeout=self.timeout, raiseSyncErrors=True))
+        failed = asyncio.ensure_future(_next_emit(self._ib.client.apiError))
+        done, _ = await asyncio.wait({connecting, failed}, return_when=asyncio.FIRST_COMPLETED)
+        failed.cancel()
+        if connecting not in done:
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            raise ConnectionError(failed.result())
+        connecting.result()
+
+    def _connect_message(self, exc: BaseException) -> str:
+        if isinstance(exc, ConnectionRefusedError):
+            reason = "connection refused"
+        elif isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+            reason = f"no answer within {self.timeout:g} s"
+        elif "already in use" in (self._last_api_error + str(exc)):
+            reason = f"client id {self.client_id} is already in use by another connection"
+        else:
+            reason = str(exc) or type(exc).__name__
+        return (f"cannot connect to IB at {self.host}:{self.port} with client id {self.client_id}: {reason}. "
+                f"Check that IB Gateway or TWS runs there with the API enabled; the usual ports are {USUAL_PORTS}.")
+
+    def _on_error(self, req_id: int, code: int, message: str, _contract: Any) -> None:
+        if req_id >= 0 and _is_failure(code):
+            self._errors[req_id] = (code, message)
+        if code == 326:
+            self._last_api_error = message
+
+    def _on_api_error(self, message: str) -> None:
+        self._last_api_error = message
+
+    def _lost_message(self) -> str:
+        why = f" ({self._last_api_error.rstrip('.')})" if self._last_api_error else ""
+        return (f"the connection to IB at {self._where} was lost{why}; "
+                f"reconnect once IB Gateway/TWS is back (usual ports: {USUAL_PORTS})")
+
+    def _ensure_connected(self) -> None:
+        if self._closed:
+            raise BrokerConnectionError(f"this IB connection to {self._where} was closed")
+
+        async def connected() -> bool:
+            await asyncio.sleep(0.005)  # take in a socket close that is on its way
+            return self._ib.isConnected()
+
+        if not self._run(connected()):
+            raise BrokerConnectionError(self._lost_message())
+
+    def _pace(self, messages: int = 1) -> None:
+        for _ in range(messages):
+            self._msg_pacer.acquire()
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Translate library exceptions raised while doing `what` into lib.errors types."""
+        try:
+            yield
+        except PipelineError:
+            raise
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise BrokerTimeoutError(f"IB at {self._where} did not answer in time ({self.timeout:g} s) "
+                                     f"while trying to {what}") from exc
+        except (ConnectionError, OSError, asyncio.CancelledError, concurrent.futures.CancelledError) as exc:
+            raise BrokerConnectionError(f"the connection to IB at {self._where} failed while trying to "
+                                        f"{what}: {exc or type(exc).__name__}") from exc
+        except RequestError as exc:
+            raise BrokerError(f"IB refused to {what}: error {exc.code}: {exc.message}") from exc
+        except Exception as exc:
+            raise BrokerError(f"IB request failed while trying to {what}: {exc!r}") from exc
+
+    async def _until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """(Loop thread) Process messages until `predicate()` holds, `timeout` passes or the socket closes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            left = deadline - loop.time()
+            if left <= 0 or not self._ib.isConnected():
+                return predicate()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(_next_emit(self._ib.updateEvent), min(left, 0.25))
+        return True
+
+    def _wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Block until `predicate()` (evaluated on the loop thread) holds or `timeout` passes."""
+        return self._run(self._until(predicate, timeout), timeout + 1)
+
+    def close(self) -> None:
+        """Disconnect and stop the loop thread. Idempotent; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+
+        async def disconnect() -> None:
+            self._ib.errorEvent -= self._on_error
+            self._ib.client.apiError -= self._on_api_error
+            self._ib.disconnect()
+            await asyncio.sleep(0.01)  # let the transport close before the loop stops
+
+        with contextlib.suppress(BaseException):
+            if getattr(self, "_ib", None) is not None:
+                self._run(disconnect(), 5)
+        self._thread.stop()
+
+    # ---- conversions ---------------------------------------------------------------------------
+    @staticmethod
+    def _ib_contract(c: Contract) -> IBContract:
+        return IBContract(secType=c.secType, symbol=c.symbol, currency=c.currency, exchange=c.exchange,
+                          primaryExchange=c.primaryExchange, conId=c.conId, strike=c.strike, right=c.right,
+                          lastTradeDateOrContractMonth=c.lastTradeDateOrContractMonth,
+                          multiplier=c.multiplier)
+
+    @staticmethod
+    def _lib_contract(c: IBContract) -> Contract:
+        sec_type = c.secType or "STK"
+        exchange, primary = c.exchange, c.primaryExchange
+        if sec_type == "STK":  # stocks route SMART; a reported listing exchange is the primary one
+            primary = primary or (exchange if exchange not in ("", "SMART") else "")
+            exchange = "SMART"
+        return Contract(symbol=c.symbol, secType=sec_type, currency=c.currency or "USD",
+                        exchange=exchange or "SMART", primaryExchange=primary or "",
+                        lastTradeDateOrContractMonth=c.lastTradeDateOrContractMonth or "",
+                        strike=float(c.strike or 0.0), right=c.right or "", multiplier=c.multiplier or "",
+                        conId=int(c.conId or 0))
+
+    def _status(self, trade: Any) -> tuple[str, str | None]:
+        """(status, error) of a trade; a rejected order (error 201 and friends) reads 'Inactive'."""
+        status = trade.orderStatus.status
+        if status == "ValidationError":  # ib_async's marker for a warning: the order lives on
+            status = next((e.status for e in reversed(trade.log) if e.status != "ValidationError"), "Submitted")
+        order_id, client_id = self._ids(trade)
+        failure = self._errors.get(order_id) if client_id == self.client_id else None
+        if failure is None or status in ("Filled", "Submitted", "PreSubmitted"):
+            return status, None
+        error = f"IB error {failure[0]}: {failure[1]}"
+        filled = trade.orderStatus.filled or sum(f.execution.shares for f in trade.fills)
+        return ("Cancelled" if filled else "Inactive"), error
+
+    def _state(self, trade: Any) -> OrderState:
+        o, s = trade.order, trade.orderStatus
+        order_id, client_id = self._ids(trade)
+        status, error = self._status(trade)
+        filled = s.filled or sum(f.execution.shares for f in trade.fills)
+        remaining = s.remaining if (s.filled or s.remaining) else max(float(o.totalQuantity) - filled, 0.0)
+        if status in ("Cancelled", "ApiCancelled", "Inactive"):
+            remaining = 0.0
+        limit = o.lmtPrice if o.orderType in ("LMT", "LOC") else None
+        if limit is not None and (limit == UNSET_DOUBLE or math.isnan(limit)):
+            limit = None
+        return OrderState(
+            order_id=order_id, perm_id=o.permId or s.permId, client_id=client_id,
+            contract=self._lib_contract(trade.contract), action=o.action,
+            quantity=float(o.totalQuantity), order_type=o.orderType, limit_price=limit, tif=o.tif,
+            order_ref=o.orderRef, status=status, filled=float(filled), remaining=float(remaining),
+            avg_fill_price=float(s.avgFillPrice or 0.0),
+            commission=round(float(sum(f.commissionReport.commission for f in trade.fills)), 6), error=error)
+
+    def _find_trade(self, order_id: int) -> Any | None:
+        """This client's order `order_id`: placed here, or loaded from IB at connect.
+
+        Orders completed before this connection arrive without their order id (IB's
+        completedOrder omits it); their executions carry it, so filled ones are found too.
+        """
+        trade = self._trades.get(order_id) or self._ib.wrapper.trades.get((self.client_id, order_id))
+        if trade is None:
+            trade = next((t for t in self._ib.wrapper.trades.values() if any(
+                f.execution.orderId == order_id and f.execution.clientId == self.client_id for f in t.fills)), None)
+        return trade
+
+    @staticmethod
+    def _ids(trade: Any) -> tuple[int, int]:
+        """(order id, client id) of a trade, taken from its executions when the order lacks them."""
+        o, s = trade.order, trade.orderStatus
+        if not o.orderId and trade.fills:
+            return trade.fills[0].execution.orderId, trade.fills[0].execution.clientId
+        return o.orderId, o.clientId or s.clientId
+
+    # ---- Broker --------------------------------------------------------------------------------
+    def account_id(self) -> str:
+        """The account this connection trades (from IB's managedAccounts)."""
+        return self._account
+
+    def snapshot(self) -> AccountSnapshot:
+        """Account values, holdings (with market price and value) and ALL clients' open orders.
+
+        Refreshes account updates, positions and open orders from IB (three requests); orders in
+        a terminal status are left out.
+        """
+        with self._guard("read the account snapshot"):
+            self._ensure_connected()
+            self._pace(3)
+            return self._run(self._snapshot_async(), 3 * self.timeout)
+
+    async def _snapshot_async(self) -> AccountSnapshot:
+        account = self._account
+        await asyncio.wait_for(self._ib.reqAccountUpdatesAsync(account), self.timeout)
+        positions = await asyncio.wait_for(self._ib.reqPositionsAsync(), self.timeout)
+        trades = await asyncio.wait_for(self._ib.reqAllOpenOrdersAsync(), self.timeout)
+        net = await self._account_value("NetLiquidation")
+        available = await self._account_value("AvailableFunds")
+        items = {item.contract.conId: item for item in self._ib.portfolio(account)}
+        holdings = []
+        for p in positions:
+            if p.account != account or not p.position:
+                continue
+            item = items.get(p.contract.conId)
+            holdings.append(Holding(
+                contract=self._lib_contract(item.contract if item else p.contract),
+                quantity=float(p.position), avg_cost=float(p.avgCost),
+                market_price=float(item.marketPrice) if item else None,
+                market_value=float(item.marketValue) if item else None))
+        orders = [self._state(t) for t in trades if t.order.account in ("", account)]
+        return AccountSnapshot(account=account, net_liquidation=net, available_funds=available,
+                               holdings=holdings, open_orders=[o for o in orders if not o.is_terminal])
+
+    async def _account_value(self, tag: str) -> float:
+        """A tag from account updates in the base currency (IB reports these tags only in it)."""
+        values = [v for v in self._ib.accountValues(self._account) if v.tag == tag and v.currency not in ("", "BASE")]
+        if not values:  # fall back to the account summary: one more message through the pacer
+            await asyncio.get_running_loop().run_in_executor(None, self._pace)
+            summary = await asyncio.wait_for(self._ib.accountSummaryAsync(self._account), self.timeout)
+            values = [v for v in summary if v.tag == tag]
+        if not values:
+            raise BrokerError(f"IB reported no {tag} for account {self._account}")
+        return float(values[0].value)
+
+    def history(self, contract: Contract, days: int, bar_size: str = "1 day",
+                end: dt.date | None = None) -> list[Bar]:
+        """The last `days` bars (trading sessions for daily bars) up to `end`, oldest first.
+
+        TRADES, regular trading hours. Raises UnknownContractError for an unknown contract and
+        BrokerError when IB refuses the request.
+        """
+        if days < 1:
+            raise ValueError(f"days must be >= 1, got {days}")
+        with self._guard(f"fetch {bar_size} bars of {contract.symbol}"):
+            self._ensure_connected()
+            self._hist_pacer.acquire()
+            self._pace()
+            return self._run(self._history_async(contract, days, bar_size, end), self.timeout + 1)
+
+    async def _history_async(self, contract: Contract, days: int, bar_size: str, end: dt.date | None) -> list[Bar]:
+        duration = f"{days} D" if days <= 365 else f"{math.ceil(days / 252)} Y"
+        # A bare date would go out as that day's 23:59:59 in the local zone; name New York's instead.
+        end_text = "" if end is None else f"{end:%Y%m%d} 23:59:59 US/Eastern"
+        bars = await self._ib.reqHistoricalDataAsync(
+            self._ib_contract(contract), end_text, duration, bar_size, "TRADES", True, formatDate=2,
+            timeout=self.timeout)
+        failure = self._errors.pop(bars.reqId, None)
+        if failure and failure[0] == 200:
+            raise UnknownContractError(f"IB does not know the contract {contract.symbol!r}: {failure[1]}")
+        if failure:
+            raise BrokerError(f"IB refused {bar_size} bars of {contract.symbol}: error {failure[0]}: {failure[1]}")
+        if not bars:  # ib_async returns an empty list when its own timeout passed
+            if not self._ib.isConnected():
+                raise BrokerConnectionError(self._lost_message())
+            raise BrokerTimeoutError(f"IB at {self._where} sent no {bar_size} bars of {contract.symbol} "
+                                     f"within {self.timeout:g} s")
+        out = []
+        for b in bars[-days:]:
+            date = b.date.astimezone(dt.timezone.utc) if isinstance(b.date, dt.datetime) else b.date
+            out.append(Bar(date=date, open=float(b.open), high=float(b.high), low=float(b.low),
+                           close=float(b.close), volume=float(b.volume)))
+        return out
+
+    def qualify(self, contract: Contract) -> Contract:
+        """The contract completed by IB (conId, primary exchange); raises UnknownContractError."""
+        with self._guard(f"qualify {contract.symbol}"):
+            self._ensure_connected()
+            self._pace()
+            result = self._run(self._ib.qualifyContractsAsync(self._ib_contract(contract)))
+            if not result or result[0] is None:
+                raise UnknownContractError(
+                    f"IB does not know the contract {contract.symbol!r} ({contract.secType}, "
+                    f"{contract.currency}, {contract.exchange}) or finds it ambiguous")
+            return self._lib_contract(result[0])
+
+    def place_order(self, request: OrderRequest) -> OrderState:
+        """Check the account guard, send the order, and return its state once IB acknowledged it.
+
+        Waits up to `ack_timeout` for the acknowledgement (or rejection); a later state comes from
+        `wait`. Raises AccountMismatchError (nothing sent) when the account does not fit the mode
+        or the configured account, OrderRejectedError for a request invalid before sending, and
+        BrokerConnectionError when the connection is down or drops before IB acknowledged.
+        """
+        with self._guard(f"place an order for {request.contract.symbol}"):
+            self._ensure_connected()
+            check_account(self._account, self.mode, self.expected_account)
+            order = self._ib_order(request)
+            self._pace()
+            return self._run(self._place_async(request, order), self.ack_timeout + 1)
+
+    async def _place_async(self, request: OrderRequest, order: Order) -> OrderState:
+        trade = self._ib.placeOrder(self._ib_contract(request.contract), order)
+        self._trades[order.orderId] = trade
+        if not await self._until(lambda: self._acknowledged(trade), self.ack_timeout) and not self._ib.isConnected():
+            raise BrokerConnectionError(
+                f"the connection to IB at {self._where} dropped before order {order.orderId} "
+                f"({request.action} {request.quantity} {request.contract.symbol}) was acknowledged; "
+                "it may or may not have reached IB: check the open orders after reconnecting")
+        return self._state(trade)
+
+    def _ib_order(self, r: OrderRequest) -> Order:
+        """The ib_async order for a request; raises OrderRejectedError when it is invalid."""
+        problem = None
+        if r.action not in ("BUY", "SELL"):
+            problem = f"action must be BUY or SELL, not {r.action!r}"
+        elif not r.quantity or r.quantity <= 0:
+            problem = f"quantity must be positive, got {r.quantity}"
+        elif r.order_type not in ORDER_TYPES:
+            problem = f"order type must be one of {ORDER_TYPES}, not {r.order_type!r}"
+        elif r.order_type in ("LMT", "LOC") and (r.limit_price is None or r.limit_price <= 0):
+            problem = f"a {r.order_type} order needs a positive limit price"
+        elif r.order_type in ("MKT", "MOC") and r.limit_price is not None:
+            problem = f"a {r.order_type} order takes no limit price"
+        if problem:
+            raise OrderRejectedError(f"refusing to send {r.action} {r.quantity} {r.contract.symbol}: {problem}")
+        common = dict(tif=r.tif, orderRef=r.order_ref, account=self._account)
+        if r.order_type == "MKT":
+            return MarketOrder(r.action, r.quantity, **common)
+        if r.order_type == "LMT":
+            return LimitOrder(r.action, r.quantity, r.limit_price, **common)
+        return Order(orderType=r.order_type, action=r.action, totalQuantity=r.quantity,
+                     lmtPrice=r.limit_price if r.order_type == "LOC" else UNSET_DOUBLE, **common)
+
+    def _acknowledged(self, trade: Any) -> bool:
+        return self._status(trade)[0] not in UNACKNOWLEDGED_STATUSES
+
+    def _done(self, trade: Any) -> bool:
+        """Terminal, and every fill has its commission report (which trails the fill)."""
+        return (self._status(trade)[0] in TERMINAL_STATUSES
+                and all(f.commissionReport.execId for f in trade.fills))
+
+    def _own_trade(self, order_id: int) -> Any:
+        trade = self._find_trade(order_id)
+        if trade is None:
+            raise BrokerError(f"order {order_id} is not an order of client id {self.client_id} at {self._where}")
+        return trade
+
+    def cancel_order(self, order_id: int) -> None:
+        """Ask IB to cancel one of this connection's orders; does not wait for the outcome.
+
+        Raises BrokerError for an order id this connection does not know.
+        """
+        with self._guard(f"cancel order {order_id}"):
+            self._ensure_connected()
+            self._pace()
+            self._call(lambda: self._ib.cancelOrder(self._own_trade(order_id).order))
+
+    def wait(self, order_ids: Iterable[int], timeout: float, until: str = "acknowledged") -> dict[int, OrderState]:
+        """Wait until every order is acknowledged (or done: terminal with commissions) or `timeout` passes.
+
+        Returns the latest state of each order and never raises on timeout; raises BrokerError
+        for an order id this connection does not know and BrokerConnectionError when the
+        connection drops before the condition holds.
+        """
+        if until not in ("acknowledged", "done"):
+            raise ValueError(f"until must be 'acknowledged' or 'done', not {until!r}")
+        ids = list(order_ids)
+        with self._guard("wait for orders"):
+            self._ensure_connected()
+            return self._run(self._wait_async(ids, timeout, until), timeout + 1)
+
+    async def _wait_async(self, ids: list[int], timeout: float, until: str) -> dict[int, OrderState]:
+        trades = {order_id: self._own_trade(order_id) for order_id in ids}
+        ready = self._acknowledged if until == "acknowledged" else self._done
+        if not await self._until(lambda: all(ready(t) for t in trades.values()), timeout):
+            if not self._ib.isConnected():
+                raise BrokerConnectionError(self._lost_message())
+        return {order_id: self._state(t) for order_id, t in trades.items()}
