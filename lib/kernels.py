@@ -54,6 +54,6 @@ def kill(km: AsyncKernelManager) -> None:
         except (OSError, Exception):
             pass
     try:
-        km.cleanup_resources()
+        run_sync(km.cleanup_resources)()  # connection file and ports; the process is gone
     except Exception:
         pass

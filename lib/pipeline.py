@@ -150,6 +150,20 @@ def _git_revision() -> str:
         return "unknown"
 
 
+def broker_for_stage(url: str, offset: int) -> str:
+    """IB needs one client id per simultaneous connection: strategy i gets `client_id + 1 + i`,
+    reconcile `client_id + 1`, and the Commander the base id, so it can cancel its own orders."""
+    if not url.startswith("ib://") or offset == 0:
+        return url
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    if "client_id" not in query:
+        return url  # the adapter refuses it with a clear message
+    query["client_id"] = str(int(query["client_id"]) + offset)
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
 def _strategy_notebook(sid: str, doc: dict) -> Path:
     rel = doc.get("notebook") or f"notebooks/strategies/{sid}.ipynb"
     path = (ROOT / rel).resolve()
@@ -232,7 +246,9 @@ def _run_stages(bus: Bus, audit: AuditStore, settings: Settings, options: Option
         t0 = time.monotonic()
         try:
             src = _strategy_notebook(sid, strategies[sid])
-            ok, err = _execute(src, local[sid], {**common, "strategy_id": sid}, options.strategy_timeout)
+            params = {**common, "strategy_id": sid,
+                      "broker_url": broker_for_stage(settings.broker, 1 + chosen.index(sid))}
+            ok, err = _execute(src, local[sid], params, options.strategy_timeout)
         except PipelineError as exc:
             ok, err = False, str(exc)
         if not ok:
@@ -278,7 +294,7 @@ def _finish(bus, audit, settings, options, progress, run_id, now, chosen, names,
         return result
 
     if options.reconcile:
-        stages.append(run_single("reconcile", {}))
+        stages.append(run_single("reconcile", {"broker_url": broker_for_stage(settings.broker, 1)}))
     else:
         progress.update("reconcile", "skipped", "--no-reconcile: the last snapshot is used if still fresh")
     execution_id = run_id
