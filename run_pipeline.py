@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The scheduled entry point: strategies → reconcile → commander, each notebook kept as the audit.
 
+    python run_pipeline.py approve EXECUTION_ID [--mode M] [--bus URL] [--broker URL]
     python run_pipeline.py [--strategies a,b] [--dry-run] [--no-reconcile] [--mode paper|live]
                            [--bus URL] [--broker URL] [--audit URL] [--as-of DATE]
                            [--trigger scheduled|manual] [--window-start ISO] [--force]
@@ -38,7 +39,27 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def approve_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_pipeline.py approve",
+                                description="Place exactly the plan of an execution awaiting approval.")
+    p.add_argument("execution_id")
+    for flag in ("--mode", "--bus", "--broker"):
+        p.add_argument(flag)
+    args = p.parse_args(argv)
+    try:
+        settings = resolve({"mode": args.mode, "bus": args.bus, "broker": args.broker})
+    except ValueError as err:
+        print(f"run_pipeline.py: {err}", file=sys.stderr)
+        return pipeline.EXIT_USAGE
+    result = pipeline.approve(settings, args.execution_id)
+    print(pipeline.report(result))
+    return result.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["approve"]:
+        return approve_main(argv[1:])
     args = parse(argv)
     try:
         settings = resolve({"mode": args.mode, "bus": args.bus, "broker": args.broker, "audit": args.audit})

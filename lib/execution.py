@@ -18,7 +18,7 @@ from lib.broker.base import Broker, Contract, OrderRequest, check_account
 from lib.bus import Bus
 from lib.canonical import dumps, fingerprint, iso, to_jsonable
 from lib.commander import decide
-from lib.errors import AccountMismatchError, BrokerConnectionError, BrokerError, DocumentError
+from lib.errors import AccountMismatchError, BrokerConnectionError, BrokerError, DocumentError, PipelineError
 from lib.pacing import Pacer
 
 UTC = dt.timezone.utc
@@ -44,6 +44,7 @@ def gather_inputs(bus: Bus, mode: str, execution_id: str, now: dt.datetime, wind
     state_doc = bus.get(state_path(mode)) or {}
     paths = [docs.common_config_path(), docs.mode_config_path(mode), docs.portfolio_path(mode)]
     paths += [docs.intent_path(sid) for sid in strategies]
+    paths += [docs.ledger_path(sid) for sid in strategies]
     last_id = state_doc.get("last_execution_id")
     if last_id:
         paths.append(docs.execution_path(last_id))
@@ -63,6 +64,7 @@ def gather_inputs(bus: Bus, mode: str, execution_id: str, now: dt.datetime, wind
         "now": now, "window_start": window_start, "mode": mode, "execution_id": execution_id,
         "config": got[docs.common_config_path()], "strategies": strategies, "intents": intents,
         "portfolio": got[docs.portfolio_path(mode)], "previous_execution": previous,
+        "ledgers": {sid: got[docs.ledger_path(sid)] for sid in strategies if got[docs.ledger_path(sid)]},
     })
     context = {
         "portfolio_snapshot_ref": _ref(docs.portfolio_path(mode), got[docs.portfolio_path(mode)]),
@@ -105,6 +107,9 @@ def gate(decision: dict, config: docs.CommonConfig | None, dry_run: bool) -> tup
         return "disabled", "config/common: field 'tradingEnabled' is false (kill switch)"
     if config.tradingState == "halted":
         return "disabled", "config/common: field 'tradingState' is 'halted'"
+    if decision.get("approval", {}).get("required") and (decision["orders"] or decision["cancels"]):
+        return "awaiting_approval", ("a person must approve this plan (python run_pipeline.py approve "
+                                     f"{decision['execution_id']}): " + "; ".join(decision["approval"]["reasons"]))
     return None
 
 
@@ -197,9 +202,11 @@ def summarize(decision: dict, result: PlacementResult) -> str:
     def fmt(rows):
         return ", ".join(f"{r['action']} {r.get('totalQuantity', r.get('quantity'))} {r['symbol'] if 'symbol' in r else r['contract']['symbol']}"
                          for r in rows)
-    if result.status in ("dry_run", "disabled") or (result.status == "failed" and not result.orders_placed):
+    if result.status in ("dry_run", "disabled", "awaiting_approval") or (
+            result.status == "failed" and not result.orders_placed):
         plan = decision.get("orders") or []
-        head = {"dry_run": "Dry run", "disabled": "Trading disabled", "failed": "Failed"}[result.status]
+        head = {"dry_run": "Dry run", "disabled": "Trading disabled", "failed": "Failed",
+                "awaiting_approval": "Awaiting approval"}[result.status]
         what = f"would place {len(plan)} orders" + (f": {fmt(plan)}" if plan else "")
         return f"{head}: {what}." + (f" {result.reason}." if result.status != "dry_run" and result.reason else "")
     ok = [r for r in result.orders_placed if r["orderId"] is not None]
@@ -239,6 +246,8 @@ def write_record(bus: Bus, record: dict) -> None:
     mode's state at it so the next run holds these targets."""
     bus.create(docs.execution_path(record["execution_id"]), record)
     if record["decision"]["status"] == "ok":
+        for sid, ledger in sorted(record["decision"].get("ledgers", {}).items()):
+            bus.set(docs.ledger_path(sid), ledger)
         state = {"last_execution_id": record["execution_id"], "last_decided_at": record["executed_at"],
                  "last_orders_at": record["last_orders_at"]}
         bus.set(state_path(record["mode"]), state)
@@ -272,3 +281,56 @@ def run_commander(bus: Bus, open_broker: Callable[[], Broker], *, mode: str, exe
                           gathered=gathered, decision=decision, result=result, notebooks=notebooks, spill=spill)
     write_record(bus, record)
     return record
+
+
+# ---- approval ---------------------------------------------------------------------------------
+class ApprovalRefused(PipelineError):
+    """The plan cannot be approved (wrong status, changed snapshot, closed window)."""
+
+
+def approve(bus: Bus, open_broker: Callable[[], Broker], execution_id: str, now: dt.datetime,
+            current_window_start: dt.datetime) -> dict:
+    """Place exactly the plan of an `awaiting_approval` execution; returns the updated record.
+
+    Refuses (ApprovalRefused, nothing placed) unless the record awaits approval, the portfolio
+    snapshot's fingerprint is unchanged, and the decision's window is still the current one.
+    """
+    path = docs.execution_path(execution_id)
+    record = bus.get(path)
+    if record is None:
+        raise ApprovalRefused(f"{path} does not exist")
+    if record.get("status") != "awaiting_approval":
+        raise ApprovalRefused(f"{path}: field 'status' is {record.get('status')!r}, not 'awaiting_approval'")
+    mode, decision = record["mode"], record["decision"]
+    snapshot = bus.get(docs.portfolio_path(mode))
+    now_fp = fingerprint(to_jsonable(snapshot)) if snapshot else None
+    if now_fp != record["context"].get("portfolio_fingerprint"):
+        raise ApprovalRefused(f"{docs.portfolio_path(mode)} changed since the plan was made "
+                              f"({record['context'].get('portfolio_fingerprint')} → {now_fp}); run the pipeline again")
+    recorded_start = dt.datetime.fromisoformat(decision["window_start"].replace("Z", "+00:00"))
+    if current_window_start > recorded_start:
+        raise ApprovalRefused(f"the plan's window (from {decision['window_start']}) has closed: a new one started "
+                              f"at {iso(current_window_start)}; run the pipeline again")
+
+    def claim(current):
+        if current is None or current.get("status") != "awaiting_approval":
+            raise ApprovalRefused(f"{path} is no longer awaiting approval (approved by someone else?)")
+        return {**current, "status": "approving", "approved_at": now}
+
+    bus.transact(path, claim)  # two approvers can never both place the plan
+    config = docs.load(docs.CommonConfig, docs.common_config_path(), bus.get(docs.common_config_path()))
+    expected = (bus.get(docs.mode_config_path(mode)) or {}).get("account")
+    try:
+        with open_broker() as broker:
+            result = place(broker, decision, mode=mode, expected_account=expected, snapshot_account=snapshot["account"],
+                           rate_per_second=config.order_rate_per_second, ack_timeout=config.ack_timeout_seconds)
+    except BrokerError as err:
+        result = PlacementResult("failed", f"broker: {err}", [], [])
+    fields = {"status": result.status, "summary": "Approved. " + summarize(decision, result), "reason": result.reason,
+              "orders_placed": result.orders_placed, "cancels_done": result.cancels, "placed_orders": result.placed_any,
+              "last_orders_at": iso(now) if result.placed_any else record.get("last_orders_at")}
+    updated = bus.update(path, fields)
+    if result.placed_any:
+        state = bus.get(state_path(mode)) or {}
+        bus.set(state_path(mode), {**state, "last_orders_at": iso(now)})
+    return updated

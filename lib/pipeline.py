@@ -362,3 +362,37 @@ def report(result: RunResult) -> str:
         lines.append("  notebooks:")
         lines += [f"    {'ok ' if s.ok else 'ERR'} {s.notebook}" for s in result.stages]
     return "\n".join(lines)
+
+
+def approve(settings: Settings, execution_id: str, progress: Progress | None = None,
+            now: dt.datetime | None = None) -> RunResult:
+    """`run_pipeline.py approve EXECUTION_ID`: place exactly an awaiting plan, under the lease."""
+    from lib import execution
+    from lib.broker import open_broker
+    now = now or dt.datetime.now(UTC)
+    progress = progress or Progress()
+    try:
+        bus = open_bus(settings.bus)
+    except (BusError, ValueError) as err:
+        return RunResult(EXIT_FAILED, "failed", f"cannot open the bus: {err}")
+    owner = f"approve-{execution_id}"
+    try:
+        lease.acquire(bus, settings.mode, owner, dt.timedelta(minutes=10), now)
+    except lease.LeaseHeldError as err:
+        return RunResult(EXIT_LOCKED, "locked", str(err))
+    try:
+        config = bus.get(docs.common_config_path()) or {}
+        start = sessions.window_start(now, config.get("freshMinutes"))
+        expected = (bus.get(docs.mode_config_path(settings.mode)) or {}).get("account")
+        record = execution.approve(bus, lambda: open_broker(settings.broker, settings.mode, expected),
+                                   execution_id, now, start)
+    except execution.ApprovalRefused as err:
+        progress.log(f"approval refused: {err}", "error")
+        return RunResult(EXIT_FAILED, "refused", f"approval refused, nothing placed: {err}", execution_id=execution_id)
+    except (BusError, PipelineError) as err:
+        return RunResult(EXIT_FAILED, "failed", str(err), execution_id=execution_id)
+    finally:
+        lease.release(bus, settings.mode, owner)
+        bus.close()
+    code = EXIT_OK if record["status"] == "completed" else EXIT_FAILED
+    return RunResult(code, record["status"], record["summary"], "", execution_id, record)

@@ -26,9 +26,9 @@ def intent(*targets, updated_at=FRESH, status="success", error_message=None):
             "target_positions": list(targets)}
 
 
-def strategy(allocation=0.5, enabled=True, max_single=1.0, **extra):
+def strategy(allocation=0.5, enabled=True, max_single=1.0, max_drawdown=None, **extra):
     doc = {"name": "s", "enabled": enabled, "capital_allocation": allocation,
-           "risk_parameters": {"max_single_position_exposure": max_single, "max_drawdown": None}}
+           "risk_parameters": {"max_single_position_exposure": max_single, "max_drawdown": max_drawdown}}
     doc.update(extra)
     return doc
 
@@ -55,7 +55,8 @@ def config(**overrides):
            "orders": {"type": "MKT", "tif": "DAY", "limit_offset_bps": 10.0, "tick_size": 0.01,
                       "order_ref_prefix": "cmdr-"},
            "risk": {"max_instrument_exposure": 1.0, "max_gross_exposure": 1.0, "allow_short": True,
-                    "min_order_quantity": 1, "min_order_notional": 0.0, "rebalance_threshold": 0.0}}
+                    "min_order_quantity": 1, "min_order_notional": 0.0, "rebalance_threshold": 0.0},
+           "approval": {}}
     for path, value in overrides.items():
         node = cfg
         parts = path.split("__")

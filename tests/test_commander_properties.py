@@ -42,9 +42,14 @@ def scenarios(draw):
                  risk__max_gross_exposure=draw(st.sampled_from([0.15, 0.5, 1.0, 1.5])),
                  risk__min_order_quantity=draw(st.sampled_from([1, 1, 5])),
                  risk__min_order_notional=draw(st.sampled_from([0.0, 0.0, 300.0])),
-                 risk__rebalance_threshold=draw(st.sampled_from([0.0, 0.0, 0.1])))
+                 risk__rebalance_threshold=draw(st.sampled_from([0.0, 0.0, 0.1])),
+                 risk__max_order_notional=draw(st.sampled_from([None, None, 3_000.0])),
+                 risk__max_orders_per_run=draw(st.sampled_from([None, None, 2])),
+                 risk__margin_multiplier=draw(st.sampled_from([1.0, 0.5, 2.0])),
+                 tradingState=draw(st.sampled_from(["active", "active", "reduce_only"])))
     nav = draw(st.sampled_from([50_000.0, 100_000.0, 1_000_000.0]))
-    return inputs(strategies, intents, portfolio(holdings, orders, nav=nav), cfg=cfg), prices
+    funds = nav * draw(st.sampled_from([1.0, 0.2, 0.0]))
+    return inputs(strategies, intents, portfolio(holdings, orders, nav=nav, funds=funds), cfg=cfg), prices
 
 
 def post_fill(i, d):
@@ -69,13 +74,39 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 @SETTINGS
 @given(scenarios())
 def test_after_fills_managed_instruments_equal_final_target(case):
+    """Equal to the target, except where the band suppressed a trade or a limit (buying power,
+    per-order or per-run caps, reduce-only) shrank it: then between where it was and the target."""
     i, _ = case
     d = decide(i)
     assert d["status"] == "ok"
-    _, after = post_fill(i, d)
+    before, after = post_fill(i, d)
     for r in d["diff"]:
-        expected = r["target"] - r.get("suppressed", 0)
-        assert after.get(r["instrument"], 0) == expected, r
+        got = after.get(r["instrument"], 0)
+        if r["action"] == "limited":
+            was = before.get(r["instrument"], 0)
+            assert min(was, r["target"]) <= got <= max(was, r["target"]), r
+        else:
+            assert got == r["target"] - r.get("suppressed", 0), r
+
+
+@SETTINGS
+@given(scenarios())
+def test_limits_hold_for_every_plan(case):
+    i, prices = case
+    d = decide(i)
+    cfg, port = i["config"], i["portfolio"]
+    before, after = post_fill(i, d)
+    sells = sum(o["notional"] for o in d["orders"] if o["action"] == "SELL")
+    buys = sum(o["notional"] for o in d["orders"] if o["action"] == "BUY")
+    assert buys <= (port["available_funds"] + sells) * cfg["risk"]["margin_multiplier"] + 0.01
+    if cfg["risk"]["max_order_notional"]:
+        assert all(o["notional"] <= cfg["risk"]["max_order_notional"] + 0.01 for o in d["orders"])
+    if cfg["risk"]["max_orders_per_run"] is not None:
+        assert len(d["orders"]) <= cfg["risk"]["max_orders_per_run"]
+    if cfg["tradingState"] == "reduce_only":
+        for o in d["orders"]:
+            b, a = before.get(o["instrument"], 0), after[o["instrument"]]
+            assert abs(a) < abs(b) and (a == 0 or (a > 0) == (b > 0))
 
 
 @SETTINGS
@@ -120,4 +151,6 @@ def test_second_run_on_post_fill_state_places_nothing(case):
                                  [], nav=i["portfolio"]["net_liquidation"], updated_at="2025-10-29T20:50:00Z")
     again = decide(nxt)
     assert again["status"] == "ok"
-    assert again["orders"] == [] and again["cancels"] == []
+    assert again["cancels"] == []
+    if not any(r["action"] == "limited" for r in d["diff"]):
+        assert again["orders"] == []  # a limited plan legitimately continues next run

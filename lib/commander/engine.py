@@ -20,6 +20,7 @@ import numpy as np
 
 from lib import documents as docs
 from lib.canonical import iso
+from lib.commander import ledger, limits
 from lib.commander.instrument import Catalog, multiplier_of
 from lib.errors import DocumentError
 
@@ -172,6 +173,45 @@ def previous_targets(previous: Mapping[str, Any] | None, sid: str, catalog: Cata
     return rows
 
 
+# ---- per-strategy ledger and max_drawdown ------------------------------------------------------
+def apply_ledgers(decision: dict, ledgers: Mapping[str, Any], strategies: Mapping[str, docs.StrategyConfig],
+                  per_strategy: dict[str, dict], market: Mapping[str, float], catalog: Catalog,
+                  adjustments: list) -> None:
+    """Mark each strategy's previous targets to today's prices; halt (wind down) a strategy whose
+    drawdown reached its max_drawdown. Writes the new ledgers into decision['ledgers']."""
+    prices = dict(market)
+    for sid in sorted(per_strategy):
+        for r in per_strategy[sid]["targets"]:
+            if r.get("price"):
+                prices.setdefault(r["instrument"], r["price"])
+    out = decision["ledgers"]
+    for sid in sorted(strategies):
+        cfg = strategies[sid]
+        previous = ledgers.get(sid)
+        halted_before = isinstance(previous, Mapping) and previous.get("halted")
+        if sid not in per_strategy and not halted_before:
+            continue  # disabled, or no targets at all: its ledger is left as it is
+        capital = decision["capital"].get(sid, 0.0)
+        try:
+            new = ledger.advance(previous if isinstance(previous, Mapping) else None, capital,
+                                 cfg.risk_parameters.max_drawdown, prices, catalog.units, decision["now"])
+        except ledger.LedgerError as err:
+            path = docs.ledger_path(sid)
+            decision["skipped"].append({"strategy": sid, "reason": "invalid", "field": err.field,
+                                        "action": "hold_previous", "detail": f"{path}: {err}"})
+            continue
+        if new["halted"] and not halted_before:
+            per_strategy.pop(sid, None)
+            adjustments.append(_adj("max_drawdown", sid, None, new["drawdown"], 0, new["halted_reason"]))
+            decision["skipped"].append({"strategy": sid, "reason": "drawdown", "action": "wind_down",
+                                        "detail": f"{docs.ledger_path(sid)}: {new['halted_reason']}; "
+                                                  f"clear with: python -m lib.commander clear-halt {sid}"})
+        if sid in per_strategy:
+            new["targets"] = [{"instrument": r["instrument"], "quantity": r["quantity"],
+                               "price": prices.get(r["instrument"], r["price"])} for r in per_strategy[sid]["targets"]]
+        out[sid] = new
+
+
 # ---- step 6: global caps ------------------------------------------------------------------------
 def apply_global_caps(aggregated: dict[str, dict], units: Mapping[str, float], risk: docs.RiskLimits,
                       nav: float, adjustments: list) -> dict[str, int]:
@@ -276,7 +316,7 @@ def decide(inputs: Mapping[str, Any]) -> dict:
         "execution_id": execution_id, "mode": mode, "now": iso(now), "window_start": iso(window_start),
         "status": "ok", "blocked_reasons": [], "net_liquidation": None, "capital": {},
         "skipped": [], "per_strategy": {}, "aggregated_target": [], "adjustments": [],
-        "final_target": [], "diff": [], "cancels": [], "orders": [], "instruments": {},
+        "final_target": [], "diff": [], "cancels": [], "orders": [], "instruments": {}, "ledgers": {},
     }
     if window_start > now:
         return _blocked(decision, "window", f"window_start {iso(window_start)} is after now {iso(now)}")
@@ -352,6 +392,12 @@ def decide(inputs: Mapping[str, Any]) -> dict:
                                         "detail": f"strategies/{sid}: halted ({cfg.halted_reason or 'by operator'}); "
                                                   f"positions wind down"})
             continue
+        ledger_doc = (inputs.get("ledgers") or {}).get(sid)
+        if isinstance(ledger_doc, Mapping) and ledger_doc.get("halted"):
+            decision["skipped"].append({"strategy": sid, "reason": "halted", "action": "wind_down",
+                                        "detail": f"{docs.ledger_path(sid)}: {ledger_doc.get('halted_reason') or 'halted'}; "
+                                                  f"clear with: python -m lib.commander clear-halt {sid}"})
+            continue
         intent, keys, skip = validate_intent(sid, raw_intents.get(sid), window_start, now, market, catalog)
         if intent is not None:
             rows = size_strategy(sid, intent, keys, capital, cfg.risk_parameters.max_single_position_exposure,
@@ -371,6 +417,7 @@ def decide(inputs: Mapping[str, Any]) -> dict:
             skip["action"] = "hold_previous" if rows is not None else "no_previous_targets"
             if rows is not None:
                 per_strategy[sid] = {"source": "previous", "capital": None, "targets": rows}
+    apply_ledgers(decision, inputs.get("ledgers") or {}, strategies, per_strategy, market, catalog, adjustments)
     decision["per_strategy"] = {sid: per_strategy[sid] for sid in sorted(per_strategy)}
 
     # Aggregate per instrument with each strategy's contribution.
@@ -404,7 +451,7 @@ def decide(inputs: Mapping[str, Any]) -> dict:
     final = apply_global_caps(aggregated, catalog.units, config.risk, nav, adjustments)
     pending = pending_by_instrument(portfolio.open_orders, config.orders.order_ref_prefix, catalog)
 
-    sells, buys = [], []
+    candidates = []
     for key in sorted(final):
         a = aggregated[key]
         target, have = final[key], held.get(key, 0.0)
@@ -427,8 +474,9 @@ def decide(inputs: Mapping[str, Any]) -> dict:
                     row.update(action="suppressed", note=reason, suppressed=delta)
                 else:
                     row.update(action="trade", delta=delta)
-                    order = make_order(key, catalog.contracts[key], delta, a["price"], execution_id, config.orders)
-                    (buys if delta > 0 else sells).append(order)
+                    candidates.append({"instrument": key, "delta": delta, "wanted": delta, "row": row,
+                                       "position": have + slot["manual"], "unit_price": a["price"] * mult,
+                                       "price": a["price"]})
             if slot["own_orders"] and row["action"] == "none":
                 row["action"] = "cancel_own_orders"
         # Once flat with nothing pending, an instrument no strategy names leaves the managed universe.
@@ -437,7 +485,28 @@ def decide(inputs: Mapping[str, Any]) -> dict:
             continue
         decision["final_target"].append({"instrument": key, "quantity": target, "price": a["price"]})
         decision["diff"].append(row)
-    decision["orders"] = sells + buys  # sells first: their proceeds fund the buys
+
+    # Sells first: their proceeds fund the buys, and the limits below see them in that order.
+    candidates.sort(key=lambda c: (c["delta"] > 0, c["instrument"]))
+    kept = {r["instrument"] for r in decision["diff"] if r["action"] == "keep_own_orders"}
+    exposures = {}
+    for k in final:
+        slot = pending.get(k, {})
+        position = held.get(k, 0.0) + slot.get("manual", 0.0) + (slot.get("own", 0.0) if k in kept else 0.0)
+        exposures[k] = abs(position) * aggregated[k]["price"] * catalog.units[k]
+    limits.apply(candidates, config, portfolio.available_funds, nav, exposures, adjustments)
+    sells, buys = [], []
+    for c in candidates:
+        row = c["row"]
+        if c["delta"] != c["wanted"]:
+            row.update(action="limited", delta=c["delta"], limited=c["wanted"] - c["delta"])
+        if c["delta"]:
+            order = make_order(c["instrument"], catalog.contracts[c["instrument"]], c["delta"], c["price"],
+                               execution_id, config.orders)
+            (buys if c["delta"] > 0 else sells).append(order)
+    decision["orders"] = sells + buys
+    decision["trading_state"] = "halted" if not config.tradingEnabled else config.tradingState
+    decision["approval"] = limits.approval(decision["orders"], config, nav)
     decision["instruments"] = {k: catalog.contracts[k] for k in sorted(final)}
     decision["unmanaged_holdings"] = sorted(k for k in held if k not in final)
     return decision
