@@ -156,7 +156,7 @@ def place(broker: Broker, decision: dict, *, mode: str, expected_account: str | 
         elif o["instrument"] in unconfirmed:
             row["error"] = "not placed: the cancel of our working order was not confirmed"
         else:
-            pacer.acquire()
+            row["paced_wait"] = round(pacer.acquire(), 3)
             try:
                 state = broker.place_order(OrderRequest(
                     contract=Contract.from_dict(o["contract"]), action=o["action"], quantity=o["quantity"],

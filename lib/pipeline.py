@@ -246,7 +246,8 @@ def _run_stages(bus: Bus, audit: AuditStore, settings: Settings, options: Option
         t0 = time.monotonic()
         try:
             src = _strategy_notebook(sid, strategies[sid])
-            params = {**common, "strategy_id": sid,
+            extra = strategies[sid].get("parameters") or {}  # the operator's non-secret strategy parameters
+            params = {**extra, **common, "strategy_id": sid,
                       "broker_url": broker_for_stage(settings.broker, 1 + chosen.index(sid))}
             ok, err = _execute(src, local[sid], params, options.strategy_timeout)
         except PipelineError as exc:
