@@ -163,3 +163,21 @@ def test_sqlite_concurrent_processes_lose_nothing(sqlite_url):
 def test_unknown_bus_url():
     with pytest.raises(ValueError, match="unknown bus URL"):
         open_bus("redis://x")
+
+
+def test_firestore_batch_read_is_one_round_trip(firestore_url, monkeypatch):
+    bus = open_bus(firestore_url)
+    for i in range(30):
+        bus.set(f"strategies/s{i:02d}", {"i": i})
+    calls = {"get_all": 0, "get": 0}
+    real_get_all = bus._client.get_all
+    monkeypatch.setattr(bus._client, "get_all", lambda *a, **k: (calls.__setitem__("get_all", calls["get_all"] + 1),
+                                                                 real_get_all(*a, **k))[1])
+    from google.cloud.firestore_v1.document import DocumentReference
+    real_get = DocumentReference.get
+    monkeypatch.setattr(DocumentReference, "get", lambda self, *a, **k: (calls.__setitem__("get", calls["get"] + 1),
+                                                                         real_get(self, *a, **k))[1])
+    got = bus.get_many([f"strategies/s{i:02d}" for i in range(30)] + ["strategies/missing"])
+    assert calls == {"get_all": 1, "get": 0}
+    assert [got[f"strategies/s{i:02d}"]["i"] for i in range(30)] == list(range(30))
+    assert got["strategies/missing"] is None

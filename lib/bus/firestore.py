@@ -76,9 +76,7 @@ class FirestoreBus(Bus):
         return _plain(snap.to_dict()) if snap.exists else None
 
     def get_many(self, paths: Iterable[str]) -> dict[str, dict | None]:
-        paths = list(dict.fromkeys(paths))
-        for p in paths:
-            rules.check_document_path(p)
+        paths = rules.check_document_paths(paths)
         if not paths:
             return {}
         refs = [self._client.document(p) for p in paths]

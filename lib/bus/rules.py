@@ -40,6 +40,14 @@ def check_document_path(path: str) -> list[str]:
     return segments
 
 
+def check_document_paths(paths) -> list[str]:
+    """Several document paths, checked, duplicates dropped, order kept."""
+    unique = list(dict.fromkeys(paths))
+    for path in unique:
+        check_document_path(path)
+    return unique
+
+
 def check_collection_path(path: str) -> list[str]:
     """Return the segments of a collection path; raise InvalidPathError unless it has an odd count."""
     segments = split_path(path)

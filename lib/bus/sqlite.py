@@ -96,9 +96,7 @@ class SqliteBus(Bus):
         return _loads(row[0]) if row else None
 
     def get_many(self, paths: Iterable[str]) -> dict[str, dict | None]:
-        paths = list(dict.fromkeys(paths))
-        for p in paths:
-            rules.check_document_path(p)
+        paths = rules.check_document_paths(paths)
         if not paths:
             return {}
         found: dict[str, dict] = {}
