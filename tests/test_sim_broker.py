@@ -261,7 +261,7 @@ def test_clock_steps_to_the_last_session_and_history_never_shows_the_future(brok
 def test_default_clock_is_the_last_session_clamped_to_the_bars():
     market = load_market()
     assert default_as_of(market, dt.date(2025, 6, 8)) == dt.date(2025, 6, 6)
-    assert default_as_of(market, dt.date(2031, 1, 1)) == market.last == dt.date(2026, 12, 31)
+    assert default_as_of(market, dt.date(2031, 1, 1)) == market.last == dt.date(2027, 11, 19)
     assert default_as_of(market, dt.date(2020, 1, 1)) == market.first == dt.date(2023, 1, 3)
 
 

@@ -3,7 +3,7 @@
 THE BARS ARE SYNTHETIC. They are not market data and resemble SPY, VIXY, QQQ, TLT and GLD only in
 rough price level, drift, volatility and correlation. Each symbol follows a seeded geometric random
 walk over the XNYS trading sessions (from `exchange_calendars`, not a hand-written holiday list)
-from 2023-01-03 through 2026-12-31; VIXY decays the way a long-volatility ETF does and moves against
+from 2023-01-03 through 2027-11-19; VIXY decays the way a long-volatility ETF does and moves against
 the equity index. The output, `lib/broker/data/bars.csv`, is committed; the fixed seed makes this
 script reproduce it byte for byte, so anyone can check where the numbers came from.
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 BARS_CSV = Path(__file__).with_name("data") / "bars.csv"
 FIRST_SESSION = "2023-01-03"
-LAST_SESSION = "2026-12-31"
+LAST_SESSION = "2027-11-19"
 SEED = 20230103
 TRADING_DAYS_PER_YEAR = 252
 
