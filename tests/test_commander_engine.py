@@ -258,3 +258,13 @@ def test_malformed_inputs_object_raises_input_error():
         i = inputs({}, {})
         i["mode"] = "real"
         decide(i)
+
+
+def test_keys_are_canonical_and_round_trip_to_contracts():
+    from lib.commander.instrument import contract_from_key, key_of
+    fut = {"secType": "FUT", "symbol": "es", "currency": "USD", "lastTradeDateOrContractMonth": "202512",
+           "multiplier": "50", "exchange": "CME"}
+    assert key_of(fut) == "FUT:ES:USD:202512:::50"
+    assert key_of(contract_from_key(key_of(fut))) == key_of(fut)
+    assert key_of({"symbol": "SPY", "multiplier": "1"}) == key_of({"symbol": "spy", "secType": "STK"}) == "STK:SPY:USD"
+    assert contract_from_key("STK:SPY:USD")["symbol"] == "SPY"

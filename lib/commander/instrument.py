@@ -33,6 +33,15 @@ def key_of(row: Mapping[str, Any]) -> str:
     return f"{sec_type}:{symbol}:{currency}"
 
 
+def contract_from_key(key: str) -> dict[str, Any]:
+    """The identifying contract fields a key encodes (for records that lack the contract itself)."""
+    parts = key.split(":") + [""] * 7
+    sec_type, symbol, currency, expiry, strike, right, multiplier = parts[:7]
+    return contract_of({"secType": sec_type, "symbol": symbol, "currency": currency,
+                        "lastTradeDateOrContractMonth": expiry, "strike": float(strike or 0.0),
+                        "right": right, "multiplier": multiplier})
+
+
 def contract_of(row: Mapping[str, Any]) -> dict[str, Any]:
     """The identifying contract fields of a row, plus exchange, for placing an order."""
     return {
@@ -81,5 +90,6 @@ class Catalog:
     def add(self, key: str, contract: Mapping[str, Any]) -> None:
         """Register a contract under its key (first one seen wins: exchange is not identity)."""
         if key not in self.contracts:
-            self.contracts[key] = dict(contract)
+            contract = dict(contract) if contract and contract.get("symbol") else contract_from_key(key)
+            self.contracts[key] = contract
             self.units[key] = multiplier_of(contract)
