@@ -126,7 +126,9 @@ def place(broker: Broker, decision: dict, *, mode: str, expected_account: str | 
     if account != snapshot_account:
         return PlacementResult("failed", f"broker account {account!r} is not the snapshot's account "
                                          f"{snapshot_account!r}; reconcile again", [], [])
-    pacer = Pacer(max(1, int(rate_per_second)), 1.0, sleep=sleep)
+    # At most `rate_per_second` orders in any second (below 1: one order every 1/rate seconds).
+    pacer = (Pacer(int(rate_per_second), 1.0, sleep=sleep) if rate_per_second >= 1
+             else Pacer(1, 1.0 / rate_per_second, sleep=sleep))
 
     cancels, unconfirmed = [], set()
     if decision["cancels"]:

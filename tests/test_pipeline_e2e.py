@@ -109,7 +109,7 @@ def test_hanging_strategy_is_killed_and_others_go_on(tmp_path):
     seed(bus)
     bus.set("strategies/hangs", {"name": "hangs", "enabled": True, "capital_allocation": 0.1,
                                  "notebook": "tests/notebooks/hanging_strategy.ipynb"})
-    result = env.run(strategies=["hangs", "dummy"], strategy_timeout=5.0)
+    result = env.run(strategies=["hangs", "dummy"], strategy_timeout=8.0)
     by_name = {s.name: s for s in result.stages}
     assert not by_name["strategy hangs"].ok and "timed out" in by_name["strategy hangs"].error
     assert by_name["strategy dummy"].ok and by_name["commander"].ok
