@@ -19,9 +19,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python run_pipeline.py $(ARGS)
 
+# pytest exits 5 when it collected no test: that is a failure here, said plainly.
 test: $(STAMP)
 	$(BIN)/python -m tests.check_notebooks_clean
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/decision_bench.py
