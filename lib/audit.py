@@ -123,6 +123,21 @@ class GcsAudit(AuditStore):
             data, content_type=content_type, if_generation_match=0), metadata)
 
 
+def read_link(link: str) -> bytes:
+    """The bytes behind a link this module returned (a local path or gs://BUCKET/OBJECT)."""
+    if link.startswith("gs://"):
+        bucket, _, name = link[len("gs://"):].partition("/")
+        store = GcsAudit(f"gs://{bucket}")
+        try:
+            return store._bucket.blob(name).download_as_bytes()
+        except Exception as exc:
+            raise AuditError(f"cannot read {link}: {exc}") from exc
+    try:
+        return Path(link).read_bytes()
+    except OSError as exc:
+        raise AuditError(f"cannot read {link}: {exc.strerror}") from None
+
+
 def open_audit(url: str) -> AuditStore:
     """`runs/` or any local folder, or `gs://BUCKET/PREFIX`."""
     if url.startswith("gs://"):

@@ -63,3 +63,14 @@ def test_replay_matches_and_detects_tampering(tmp_path):
     assert res.returncode == 1 and "DIFFER" in res.stderr
     f.write_text(json.dumps({"execution_id": "x"}))
     assert run("replay", str(f)).returncode == 2
+
+
+def test_replay_reads_inputs_spilled_to_the_audit_store(tmp_path):
+    from lib.audit import open_audit
+    i = sample()
+    link = open_audit(str(tmp_path / "runs")).put_bytes("inputs/exec-2.json", dumps(i).encode())
+    record = {"execution_id": "exec-2", "inputs_ref": link, "decision": json.loads(dumps(decide(i)))}
+    f = tmp_path / "rec.json"
+    f.write_text(json.dumps(record))
+    res = run("replay", str(f))
+    assert res.returncode == 0 and json.loads(res.stdout)["decision_match"] is True

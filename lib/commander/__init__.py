@@ -7,11 +7,20 @@ __all__ = ["InputError", "decide", "replay"]
 def replay(record: dict) -> dict:
     """Re-derive the decision from an execution record's stored inputs.
 
+    Inputs spilled to the audit store (`inputs_ref`) are read back from it.
     Returns {"match": bool, "orders_match": bool, "recorded_orders": [...], "replayed_orders": [...],
     "decision": {...}}. Raises InputError when the record holds no inputs.
     """
+    import json
+
     from lib.canonical import dumps
     inputs = record.get("inputs") if isinstance(record, dict) else None
+    if inputs is None and isinstance(record, dict) and record.get("inputs_ref"):
+        from lib.audit import AuditError, read_link
+        try:  # large inputs were spilled to the audit store
+            inputs = json.loads(read_link(record["inputs_ref"]))
+        except (AuditError, ValueError) as exc:
+            raise InputError(f"execution record: field 'inputs_ref': {exc}") from None
     if not isinstance(inputs, dict):
         raise InputError("execution record: field 'inputs' is missing; it cannot be replayed")
     decision = decide(inputs)
