@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
@@ -24,9 +25,13 @@ def start(warm: str | None = WARM_IMPORTS, timeout: float = 60.0) -> AsyncKernel
     """A running python3 kernel whose working directory is the project root; `warm` code is run
     silently first. Raises RuntimeError when the kernel does not start or the warm-up fails."""
     km = AsyncKernelManager(kernel_name="python3")
-    # The kernel's own log lines would interleave with the pipeline's (JSON) log; cell output
-    # travels over ZeroMQ into the notebook and is unaffected.
-    run_sync(km.start_kernel)(cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The kernel's own log lines would interleave with the pipeline's (JSON) log, so they go to a
+    # file of their own (`log_tail` reads it when a kernel dies); cell output travels over ZeroMQ
+    # into the notebook and is unaffected.
+    log = tempfile.NamedTemporaryFile(prefix="kernel-", suffix=".log", delete=False)
+    km.log_path = log.name
+    run_sync(km.start_kernel)(cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=log)
+    log.close()
     if warm:
         client = km.blocking_client()
         client.start_channels()
@@ -43,6 +48,15 @@ def start(warm: str | None = WARM_IMPORTS, timeout: float = 60.0) -> AsyncKernel
     return km
 
 
+def log_tail(km: AsyncKernelManager, lines: int = 3) -> str:
+    """The last lines the kernel process wrote to stderr ('' if none)."""
+    try:
+        with open(getattr(km, "log_path", ""), encoding="utf-8", errors="replace") as fh:
+            return " | ".join(l.strip() for l in fh.read().strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def kill(km: AsyncKernelManager) -> None:
     """Kill the kernel process now, from any thread (no event loop involved). Idempotent."""
     provisioner = getattr(km, "provisioner", None)
@@ -56,4 +70,8 @@ def kill(km: AsyncKernelManager) -> None:
     try:
         run_sync(km.cleanup_resources)()  # connection file and ports; the process is gone
     except Exception:
+        pass
+    try:
+        os.unlink(getattr(km, "log_path", ""))
+    except OSError:
         pass

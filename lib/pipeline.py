@@ -88,9 +88,19 @@ def _execute(src: Path, out: Path, params: dict, timeout: float, km=None) -> tup
     """Execute `src` into `out` with papermill on `km` (a fresh kernel if None); returns (ok, error).
 
     The whole notebook gets `timeout` seconds: a watchdog kills its kernel then, so a hanging
-    notebook fails with papermill's banner instead of stalling the run. The kernel is always
-    stopped afterwards.
+    notebook fails with papermill's banner instead of stalling the run. A kernel that dies before
+    running any cell is replaced once (nothing ran, so running again is safe). The kernel is
+    always stopped afterwards.
     """
+    for attempt in (1, 2):
+        ok, err, started = _execute_once(src, out, params, timeout, km)
+        if ok or started or attempt == 2:
+            return ok, err
+        km = None  # the kernel never ran a cell: one more try on a fresh one
+    return ok, err
+
+
+def _execute_once(src: Path, out: Path, params: dict, timeout: float, km) -> tuple[bool, str, bool]:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -98,7 +108,7 @@ def _execute(src: Path, out: Path, params: dict, timeout: float, km=None) -> tup
     try:
         km = km or kernels.start(warm=None)
     except Exception as exc:
-        return False, f"the kernel did not start: {exc}"
+        return False, f"the kernel did not start: {exc}", False
     killed = threading.Event()
 
     def kill() -> None:
@@ -118,16 +128,18 @@ def _execute(src: Path, out: Path, params: dict, timeout: float, km=None) -> tup
                             # every cell: each save re-validates the whole notebook in this process.
                             request_save_on_cell_execute=False,
                             shutdown_kernel="immediate")  # without it ~1 run in 6 waits 3 s for the kernel
-        return True, ""
+        return True, "", True
     except PapermillExecutionError as exc:
         if killed.is_set():
-            return False, f"timed out after {timeout:.0f} s and was killed"
-        return False, f"{exc.ename}: {exc.evalue}"[:500]
+            return False, f"timed out after {timeout:.0f} s and was killed", True
+        return False, f"{exc.ename}: {exc.evalue}"[:500], True
     except Exception as exc:  # dead kernel, cell timeout, unreadable notebook
         if killed.is_set() or type(exc).__name__ == "CellTimeoutError":
-            return False, f"timed out after {timeout:.0f} s and was killed"
+            return False, f"timed out after {timeout:.0f} s and was killed", True
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return False, f"{type(exc).__name__}: {first}"[:500]
+        started = "before replying to kernel_info" not in first
+        tail = kernels.log_tail(km)
+        return False, f"{type(exc).__name__}: {first}" + (f" (kernel: {tail})" if tail else "")[:500], started
     finally:
         watchdog.cancel()
         kernels.kill(km)
