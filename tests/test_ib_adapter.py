@@ -572,3 +572,9 @@ def test_harness_offers_the_contract_interface(tmp_path):
         fresh = h.reconnect()
         assert fresh is h.broker
         assert [o.order_ref for o in fresh.snapshot().open_orders] == ["manual"]
+
+
+def test_missing_ib_prices_become_none_not_nan():
+    from lib.broker.ib import UNSET_DOUBLE, _finite
+    assert _finite(float("nan")) is None and _finite(UNSET_DOUBLE) is None and _finite(None) is None
+    assert _finite(0.0, positive=True) is None and _finite(-3.5) == -3.5 and _finite("412.5", positive=True) == 412.5

@@ -48,6 +48,17 @@ async def _next_emit(event: Any) -> Any:
     return await event
 
 
+def _finite(value: Any, positive: bool = False) -> float | None:
+    """IB reports a missing price as NaN (or UNSET_DOUBLE); the bus stores None instead."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or number == UNSET_DOUBLE or (positive and number <= 0):
+        return None
+    return number
+
+
 def _is_failure(code: int) -> bool:
     """Whether an error code tied to a request/order id means that request or order failed."""
     return code not in _WARNING_CODES and code not in _CANCEL_CODES and not 2100 <= code < 2200
@@ -418,8 +429,8 @@ class IBBroker(Broker):
             holdings.append(Holding(
                 contract=self._lib_contract(item.contract if item else p.contract),
                 quantity=float(p.position), avg_cost=float(p.avgCost),
-                market_price=float(item.marketPrice) if item else None,
-                market_value=float(item.marketValue) if item else None))
+                market_price=_finite(item.marketPrice if item else None, positive=True),
+                market_value=_finite(item.marketValue if item else None)))
         orders = [self._state(t) for t in trades if t.order.account in ("", account)]
         return AccountSnapshot(account=account, net_liquidation=net, available_funds=available,
                                holdings=holdings, open_orders=[o for o in orders if not o.is_terminal])
