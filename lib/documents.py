@@ -215,8 +215,11 @@ def describe(error: ValidationError) -> tuple[str, str]:
     return field, msg
 
 
-def load(model: type[M], path: str, data: Any) -> M:
-    """Validate `data` as `model`; raise DocumentError naming `path` and the offending field."""
+def load(model: type[M], path: str, data: Any, check: bool = True) -> M:
+    """Validate `data` as `model`; raise DocumentError naming `path` and the offending field.
+
+    `check=False` skips the cross-field rules of `model.check` for a caller that applies them itself.
+    """
     if data is None:
         raise DocumentError(path, None, "document is missing")
     if not isinstance(data, dict):
@@ -226,9 +229,9 @@ def load(model: type[M], path: str, data: Any) -> M:
     except ValidationError as exc:
         field, msg = describe(exc)
         raise DocumentError(path, field or None, msg) from None
-    check = getattr(doc, "check", None)
-    if check is not None:
-        check(path)
+    rules = getattr(doc, "check", None) if check else None
+    if rules is not None:
+        rules(path)
     return doc
 
 

@@ -69,6 +69,8 @@ def test_malformed_ledger_fails_closed_for_that_strategy():
     d = day_two(price=80.0, ledger={"equity": "lots", "peak": 1.0})
     skip = d["skipped"][0]
     assert skip["reason"] == "invalid" and skip["field"] == "equity" and "strategies/a/ledger/latest" in skip["detail"]
+    assert skip["action"] == "hold_previous" and d["per_strategy"]["a"]["source"] == "previous"
+    assert d["orders"] == [] and "a" not in d["ledgers"]
 
 
 # ---- buying power and caps --------------------------------------------------------------------
