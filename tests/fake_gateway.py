@@ -1185,9 +1185,9 @@ class FakeGateway:
         if i is None:
             conn.send(4, 2, req_id, 200, "No security definition has been found for the request", "")
             return
-        if bar_size != "1 day":
+        if bar_size not in ("1 day", "30 mins"):
             conn.send(4, 2, req_id, 162, "Historical Market Data Service error message:"
-                      f"the fake gateway serves '1 day' bars only, not {bar_size!r}", "")
+                      f"the fake gateway serves '1 day' and '30 mins' bars only, not {bar_size!r}", "")
             return
         try:
             count, unit = duration.split()
@@ -1200,7 +1200,24 @@ class FakeGateway:
         if not bars:
             conn.send(4, 2, req_id, 162, "Historical Market Data Service error message:HMDS query returned no data", "")
             return
+        if bar_size == "30 mins":
+            bars = self._half_hour_bars(bars)
         out: list[Any] = [17, req_id, f"{bars[0][0]:%Y%m%d} 00:00:00", f"{end_date:%Y%m%d} 23:59:59", len(bars)]
-        for day, o, h, low, c_, v in bars:
-            out += [f"{day:%Y%m%d}", o, h, low, c_, qty(v), round((o + h + low + c_) / 4, 4), max(1, int(v) // 100)]
+        for when, o, h, low, c_, v in bars:
+            # formatDate=2: daily bars as yyyymmdd, intraday bars as epoch seconds
+            stamp = f"{when:%Y%m%d}" if not isinstance(when, dt.datetime) else str(int(when.timestamp()))
+            out += [stamp, o, h, low, c_, qty(v), round((o + h + low + c_) / 4, 4), max(1, int(v) // 100)]
         conn.send(*out)
+
+    @staticmethod
+    def _half_hour_bars(daily: list[tuple]) -> list[tuple]:
+        """13 regular-hours bars per session, walking from the day's open to its close."""
+        rows = []
+        for day, o, h, low, c, v in daily:
+            start = dt.datetime.combine(day, dt.time(9, 30), NEW_YORK)
+            for k in range(13):
+                p0, p1 = o + (c - o) * k / 13, o + (c - o) * (k + 1) / 13
+                wiggle = (h - low) * 0.05 * (1 if k % 2 else -1)
+                rows.append((start + dt.timedelta(minutes=30 * k), round(p0, 2), round(max(p0, p1) + abs(wiggle), 2),
+                             round(min(p0, p1) - abs(wiggle), 2), round(p1 + wiggle * 0.2, 2), max(1, v // 13)))
+        return rows

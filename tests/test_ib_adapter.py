@@ -578,3 +578,14 @@ def test_missing_ib_prices_become_none_not_nan():
     from lib.broker.ib import UNSET_DOUBLE, _finite
     assert _finite(float("nan")) is None and _finite(UNSET_DOUBLE) is None and _finite(None) is None
     assert _finite(0.0, positive=True) is None and _finite(-3.5) == -3.5 and _finite("412.5", positive=True) == 412.5
+
+
+def test_intraday_history_returns_every_bar_of_the_duration(tmp_path):
+    from lib.broker.base import Contract
+    from tests.ib_harness import make_ib_harness
+    with make_ib_harness(tmp_path) as h:
+        bars = h.broker.history(Contract("SPY"), 5, bar_size="30 mins")
+    assert len(bars) == 5 * 13
+    assert all(isinstance(b.date, dt.datetime) and b.date.tzinfo is not None for b in bars)
+    assert [b.date for b in bars] == sorted(b.date for b in bars)
+    assert bars[1].date - bars[0].date == dt.timedelta(minutes=30)

@@ -19,7 +19,7 @@ from lib.seed import seed
 from lib.settings import Settings
 from tests.fake_gateway import FakeGateway
 
-STRATEGIES = ["dummy", "spy_macd_vixy"]  # the fake gateway serves daily bars only
+STRATEGIES = ["dummy", "spy_macd_vixy", "test_signal_generator"]  # the last on 30-minute bars
 
 
 @pytest.fixture
@@ -53,6 +53,7 @@ def test_staging_dry_run_then_real(staging):
     assert gateway.orders() == [] and gateway.positions() == {}
     for sid in STRATEGIES:
         assert bus.get(docs.intent_path(sid))["status"] == "success"
+    assert bus.get(docs.intent_path("test_signal_generator"))["metadata"]["bars"] == 5 * 13  # 30-minute bars
     snap = bus.get(docs.portfolio_path("paper"))
     assert snap["account"] == "DU7654321"
 
@@ -71,7 +72,7 @@ def test_staging_dry_run_then_real(staging):
 
     # Every executed notebook of both runs is in the bucket, once, as the audit.
     names = sorted(b.name for b in blobs(bucket))
-    assert len(names) == 8 and all(n.startswith("staging/") and n.endswith(".ipynb") for n in names)
+    assert len(names) == 10 and all(n.startswith("staging/") and n.endswith(".ipynb") for n in names)
     kept = {b.name: b for b in blobs(bucket)}
     commander = next(b for n, b in kept.items() if real.run_id in n and n.endswith("commander.ipynb"))
     assert commander.content_type == "application/x-ipynb+json"

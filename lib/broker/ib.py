@@ -479,7 +479,8 @@ class IBBroker(Broker):
             raise BrokerTimeoutError(f"IB at {self._where} sent no {bar_size} bars of {contract.symbol} "
                                      f"within {self.timeout:g} s")
         out = []
-        for b in bars[-days:]:
+        # Daily bars: the last `days` sessions. Intraday bars: everything the duration returned.
+        for b in (bars[-days:] if bar_size == "1 day" else bars):
             date = b.date.astimezone(dt.timezone.utc) if isinstance(b.date, dt.datetime) else b.date
             out.append(Bar(date=date, open=float(b.open), high=float(b.high), low=float(b.low),
                            close=float(b.close), volume=float(b.volume)))
