@@ -27,3 +27,4 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/decision_bench.py
+	$(BIN)/python benchmarks/pipeline_bench.py
