@@ -69,6 +69,12 @@ def _blocked(base: dict, check: str, detail: str) -> dict:
     return base
 
 
+def _refuse(decision: dict, check: str, detail: str) -> None:
+    """Record why the decision is blocked; returns None for the caller to hand back."""
+    _blocked(decision, check, detail)
+    return None
+
+
 def _round_to_tick(price: float, tick: float, action: str) -> float:
     """Buys round down, sells round up: the limit never gives away more than the offset allows."""
     p, t = Decimal(repr(price)), Decimal(repr(tick))
@@ -328,7 +334,19 @@ def decide(inputs: Mapping[str, Any]) -> dict:
             gc.enable()
 
 
-def _decide(inputs: Mapping[str, Any]) -> dict:
+class _Inputs(NamedTuple):
+    now: dt.datetime
+    window_start: dt.datetime
+    mode: str
+    execution_id: str
+    strategies: Mapping[str, Any]
+    intents: Mapping[str, Any]
+    ledgers: Mapping[str, Any]
+    previous: Mapping[str, Any] | None
+
+
+def _parse_inputs(inputs: Any) -> _Inputs:
+    """The inputs object's own fields; raises InputError when it is malformed."""
     if not isinstance(inputs, Mapping):
         raise InputError("inputs must be a JSON object")
     now = _timestamp(inputs, "now")
@@ -339,82 +357,79 @@ def _decide(inputs: Mapping[str, Any]) -> dict:
     execution_id = inputs.get("execution_id")
     if not isinstance(execution_id, str) or not execution_id:
         raise InputError("inputs: field 'execution_id' must be a non-empty string")
-    for name in ("strategies", "intents"):
-        if not isinstance(inputs.get(name, {}), Mapping):
+    for name in ("strategies", "intents", "ledgers"):
+        if not isinstance(inputs.get(name) or {}, Mapping):
             raise InputError(f"inputs: field '{name}' must be an object of strategy id → document")
-    raw_strategies: Mapping[str, Any] = inputs.get("strategies") or {}
-    raw_intents: Mapping[str, Any] = inputs.get("intents") or {}
     previous = inputs.get("previous_execution")
     if previous is not None and not isinstance(previous, Mapping):
         raise InputError("inputs: field 'previous_execution' must be an execution record or null")
+    return _Inputs(now, window_start, mode, execution_id, inputs.get("strategies") or {},
+                   inputs.get("intents") or {}, inputs.get("ledgers") or {}, previous)
 
-    decision: dict[str, Any] = {
-        "execution_id": execution_id, "mode": mode, "now": iso(now), "window_start": iso(window_start),
-        "status": "ok", "blocked_reasons": [], "net_liquidation": None, "capital": {},
-        "skipped": [], "per_strategy": {}, "aggregated_target": [], "adjustments": [],
-        "final_target": [], "diff": [], "cancels": [], "orders": [], "instruments": {}, "ledgers": {},
-    }
-    if window_start > now:
-        return _blocked(decision, "window", f"window_start {iso(window_start)} is after now {iso(now)}")
 
-    # Configuration: fail closed on anything that makes capital ambiguous.
+def _check_config(decision: dict, raw_config: Any, raw_strategies: Mapping[str, Any]):
+    """config/common and the strategy documents, or None after recording why the decision is blocked.
+
+    Anything that makes capital ambiguous fails closed; a strategy document that is merely invalid
+    only skips that strategy.
+    """
     try:
-        config = docs.load(docs.CommonConfig, docs.common_config_path(), inputs.get("config"))
+        config = docs.load(docs.CommonConfig, docs.common_config_path(), raw_config)
     except DocumentError as err:
-        return _blocked(decision, "config", str(err))
+        return _refuse(decision, "config", str(err))
     if config.exposure.overall <= 0:
-        return _blocked(decision, "config", f"config/common: field 'exposure.overall' must be above 0, "
-                                            f"got {config.exposure.overall}")
+        return _refuse(decision, "config", f"config/common: field 'exposure.overall' must be above 0, "
+                                           f"got {config.exposure.overall}")
     strategies: dict[str, docs.StrategyConfig] = {}
     for sid in sorted(raw_strategies):
         raw = raw_strategies[sid]
         alloc = raw.get("capital_allocation") if isinstance(raw, Mapping) else None
         if isinstance(alloc, (int, float)) and not isinstance(alloc, bool) and alloc < 0:
-            return _blocked(decision, "config", f"strategies/{sid}: field 'capital_allocation' is negative ({alloc})")
+            return _refuse(decision, "config",
+                           f"strategies/{sid}: field 'capital_allocation' is negative ({alloc})")
         try:
             strategies[sid] = docs.load(docs.StrategyConfig, docs.strategy_path(sid), raw)
         except DocumentError as err:
             decision["skipped"].append({"strategy": sid, "reason": "invalid", "detail": str(err), "field": err.field})
     total = sum(s.capital_allocation for s in strategies.values() if s.enabled)
     if total > 1 + ALLOCATION_TOLERANCE:
-        return _blocked(decision, "config", f"enabled strategies' capital_allocation sum to {total:.6g}, above 1")
+        return _refuse(decision, "config",
+                       f"enabled strategies' capital_allocation sum to {total:.6g}, above 1")
+    return config, strategies
 
-    # The snapshot is the single source of truth; without a fresh one nothing is placed.
-    ppath = docs.portfolio_path(mode)
-    if inputs.get("portfolio") is None:
-        return _blocked(decision, "portfolio", f"{ppath} is missing: run reconcile first")
+
+def _check_portfolio(decision: dict, raw: Any, args: _Inputs) -> docs.PortfolioSnapshot | None:
+    """The snapshot, the single source of truth, or None after recording why it cannot be used."""
+    path = docs.portfolio_path(args.mode)
+    if raw is None:
+        return _refuse(decision, "portfolio", f"{path} is missing: run reconcile first")
     try:
-        portfolio = docs.load(docs.PortfolioSnapshot, ppath, inputs["portfolio"])
+        portfolio = docs.load(docs.PortfolioSnapshot, path, raw)
     except DocumentError as err:
-        return _blocked(decision, "portfolio", str(err))
-    if portfolio.updated_at < window_start:
-        return _blocked(decision, "portfolio", f"{ppath}: field 'updated_at' {iso(portfolio.updated_at)} is before "
-                                               f"the window start {iso(window_start)} (stale snapshot)")
-    if previous:
-        last_orders = previous.get("last_orders_at") or (previous.get("executed_at") if previous.get("placed_orders") else None)
-        if last_orders:
-            last_orders_ts = _timestamp({"t": last_orders}, "t")
-            if portfolio.updated_at < last_orders_ts:
-                return _blocked(decision, "portfolio",
-                                f"{ppath}: field 'updated_at' {iso(portfolio.updated_at)} is older than the last "
-                                f"execution that placed orders ({iso(last_orders_ts)}): reconcile again")
-    is_paper = portfolio.account.startswith("DU")
-    if (mode == "paper") != is_paper:
-        return _blocked(decision, "account", f"{ppath}: field 'account' {portfolio.account!r} does not match mode "
-                                             f"{mode!r} (paper accounts start with 'DU')")
+        return _refuse(decision, "portfolio", str(err))
+    if portfolio.updated_at < args.window_start:
+        return _refuse(decision, "portfolio", f"{path}: field 'updated_at' {iso(portfolio.updated_at)} is before "
+                                              f"the window start {iso(args.window_start)} (stale snapshot)")
+    previous = args.previous or {}
+    last_orders = previous.get("last_orders_at") or (previous.get("executed_at") if previous.get("placed_orders") else None)
+    if last_orders:
+        last_orders_ts = _timestamp({"t": last_orders}, "t")
+        if portfolio.updated_at < last_orders_ts:
+            return _refuse(decision, "portfolio",
+                           f"{path}: field 'updated_at' {iso(portfolio.updated_at)} is older than the last "
+                           f"execution that placed orders ({iso(last_orders_ts)}): reconcile again")
+    if (args.mode == "paper") != portfolio.account.startswith("DU"):
+        return _refuse(decision, "account", f"{path}: field 'account' {portfolio.account!r} does not match mode "
+                                            f"{args.mode!r} (paper accounts start with 'DU')")
+    return portfolio
 
-    nav = portfolio.net_liquidation
-    decision["net_liquidation"] = nav
-    market: dict[str, float] = {}
-    held: dict[str, float] = {}
-    catalog = Catalog()
-    for h in portfolio.holdings:
-        key = catalog.key(h.__dict__)
-        held[key] = held.get(key, 0.0) + h.quantity
-        if h.market_price:
-            market.setdefault(key, h.market_price)
 
-    adjustments: list[dict] = decision["adjustments"]
+def _strategy_targets(decision: dict, args: _Inputs, config: docs.CommonConfig,
+                      strategies: Mapping[str, docs.StrategyConfig], nav: float, market: Mapping[str, float],
+                      catalog: Catalog) -> dict[str, dict]:
+    """Each strategy's accepted targets: sized from a usable intent, or held from the previous
+    execution; disabled and halted strategies contribute nothing."""
+    adjustments = decision["adjustments"]
     per_strategy: dict[str, dict] = {}
     for sid, cfg in strategies.items():
         capital = nav * config.exposure.overall * cfg.capital_allocation
@@ -428,19 +443,19 @@ def _decide(inputs: Mapping[str, Any]) -> dict:
                                         "detail": f"strategies/{sid}: halted ({cfg.halted_reason or 'by operator'}); "
                                                   f"positions wind down"})
             continue
-        ledger_doc = (inputs.get("ledgers") or {}).get(sid)
+        ledger_doc = args.ledgers.get(sid)
         if isinstance(ledger_doc, Mapping) and ledger_doc.get("halted"):
             decision["skipped"].append({"strategy": sid, "reason": "halted", "action": "wind_down",
                                         "detail": f"{docs.ledger_path(sid)}: {ledger_doc.get('halted_reason') or 'halted'}; "
                                                   f"clear with: python -m lib.commander clear-halt {sid}"})
             continue
-        intent, columns, skip = validate_intent(sid, raw_intents.get(sid), window_start, now, market, catalog)
+        intent, columns, skip = validate_intent(sid, args.intents.get(sid), args.window_start, args.now, market, catalog)
         if intent is not None:
             rows = size_strategy(sid, columns, capital, cfg.risk_parameters.max_single_position_exposure,
                                  catalog, adjustments)
             per_strategy[sid] = {"source": "intent", "capital": round(capital, 6), "targets": rows}
             continue
-        held_rows = previous_targets(previous, sid, catalog)
+        held_rows = previous_targets(args.previous, sid, catalog)
         skip["action"] = "hold_previous" if held_rows is not None else "no_previous_targets"
         decision["skipped"].append(skip)
         if held_rows is not None:
@@ -449,15 +464,18 @@ def _decide(inputs: Mapping[str, Any]) -> dict:
     for skip in decision["skipped"]:
         sid = skip["strategy"]
         if skip["reason"] == "invalid" and sid not in strategies and sid not in per_strategy:
-            rows = previous_targets(previous, sid, catalog)
+            rows = previous_targets(args.previous, sid, catalog)
             skip["action"] = "hold_previous" if rows is not None else "no_previous_targets"
             if rows is not None:
                 per_strategy[sid] = {"source": "previous", "capital": None, "targets": rows}
-    apply_ledgers(decision, inputs.get("ledgers") or {}, strategies, per_strategy, market, catalog, previous,
-                  adjustments)
-    decision["per_strategy"] = {sid: per_strategy[sid] for sid in sorted(per_strategy)}
+    apply_ledgers(decision, args.ledgers, strategies, per_strategy, market, catalog, args.previous, adjustments)
+    return per_strategy
 
-    # Aggregate per instrument with each strategy's contribution.
+
+def _aggregate(per_strategy: Mapping[str, dict], previous: Mapping[str, Any] | None,
+               market: Mapping[str, float], catalog: Catalog) -> dict[str, dict]:
+    """Quantity per instrument with each strategy's contribution; the previous final target stays
+    managed (at zero if no strategy names it) so its positions wind down."""
     aggregated: dict[str, dict] = {}
     for sid in sorted(per_strategy):
         for r in per_strategy[sid]["targets"]:
@@ -470,8 +488,6 @@ def _decide(inputs: Mapping[str, Any]) -> dict:
                 slot["price"] = r["price"]
             slot["quantity"] += r["quantity"]
             slot["contributions"].append({"strategy": sid, "quantity": r["quantity"]})
-
-    # The previous final target stays managed: winding it down needs a price and a contract.
     prev_decision = (previous or {}).get("decision") or {}
     prev_contracts = prev_decision.get("instruments") or {}
     for r in prev_decision.get("final_target", []):
@@ -480,14 +496,13 @@ def _decide(inputs: Mapping[str, Any]) -> dict:
             catalog.add(key, prev_contracts.get(key) or {})
             aggregated[key] = {"instrument": key, "quantity": 0,
                                "price": market.get(key, r.get("price")), "contributions": []}
-    unpriced = sorted(k for k, a in aggregated.items() if not a["price"] or a["price"] <= 0)
-    if unpriced:
-        return _blocked(decision, "prices", f"no reference price for {', '.join(unpriced)}")
-    decision["aggregated_target"] = [aggregated[k] for k in sorted(aggregated) if aggregated[k]["contributions"]]
+    return aggregated
 
-    final = apply_global_caps(aggregated, catalog.units, config.risk, nav, adjustments)
-    pending = pending_by_instrument(portfolio.open_orders, config.orders.order_ref_prefix, catalog)
 
+def _diff(decision: dict, final: Mapping[str, int], aggregated: Mapping[str, dict], held: Mapping[str, float],
+          pending: Mapping[str, dict], config: docs.CommonConfig, catalog: Catalog) -> list[dict]:
+    """One diff row per managed instrument, our mismatched working orders to cancel, and the
+    candidate orders (sells first) that the band let through."""
     candidates = []
     for key in sorted(final):
         a = aggregated[key]
@@ -522,9 +537,51 @@ def _decide(inputs: Mapping[str, Any]) -> dict:
             continue
         decision["final_target"].append({"instrument": key, "quantity": target, "price": a["price"]})
         decision["diff"].append(row)
+    candidates.sort(key=lambda c: (c["delta"] > 0, c["instrument"]))  # sells first: their proceeds fund buys
+    return candidates
 
-    # Sells first: their proceeds fund the buys, and the limits below see them in that order.
-    candidates.sort(key=lambda c: (c["delta"] > 0, c["instrument"]))
+
+def _decide(inputs: Mapping[str, Any]) -> dict:
+    args = _parse_inputs(inputs)
+    decision: dict[str, Any] = {
+        "execution_id": args.execution_id, "mode": args.mode, "now": iso(args.now),
+        "window_start": iso(args.window_start), "status": "ok", "blocked_reasons": [], "net_liquidation": None,
+        "capital": {}, "skipped": [], "per_strategy": {}, "aggregated_target": [], "adjustments": [],
+        "final_target": [], "diff": [], "cancels": [], "orders": [], "instruments": {}, "ledgers": {},
+    }
+    if args.window_start > args.now:
+        return _blocked(decision, "window", f"window_start {iso(args.window_start)} is after now {iso(args.now)}")
+    checked = _check_config(decision, inputs.get("config"), args.strategies)
+    if checked is None:
+        return decision
+    config, strategies = checked
+    portfolio = _check_portfolio(decision, inputs.get("portfolio"), args)
+    if portfolio is None:
+        return decision
+
+    nav = decision["net_liquidation"] = portfolio.net_liquidation
+    catalog = Catalog()
+    market: dict[str, float] = {}
+    held: dict[str, float] = {}
+    for h in portfolio.holdings:
+        key = catalog.key(h.__dict__)
+        held[key] = held.get(key, 0.0) + h.quantity
+        if h.market_price:
+            market.setdefault(key, h.market_price)
+
+    per_strategy = _strategy_targets(decision, args, config, strategies, nav, market, catalog)
+    decision["per_strategy"] = {sid: per_strategy[sid] for sid in sorted(per_strategy)}
+    aggregated = _aggregate(per_strategy, args.previous, market, catalog)
+    unpriced = sorted(k for k, a in aggregated.items() if not a["price"] or a["price"] <= 0)
+    if unpriced:
+        return _blocked(decision, "prices", f"no reference price for {', '.join(unpriced)}")
+    decision["aggregated_target"] = [aggregated[k] for k in sorted(aggregated) if aggregated[k]["contributions"]]
+
+    adjustments = decision["adjustments"]
+    final = apply_global_caps(aggregated, catalog.units, config.risk, nav, adjustments)
+    pending = pending_by_instrument(portfolio.open_orders, config.orders.order_ref_prefix, catalog)
+    candidates = _diff(decision, final, aggregated, held, pending, config, catalog)
+
     kept = {r["instrument"] for r in decision["diff"] if r["action"] == "keep_own_orders"}
     exposures = {}
     for k in final:
@@ -539,7 +596,7 @@ def _decide(inputs: Mapping[str, Any]) -> dict:
             row.update(action="limited", delta=c["delta"], limited=c["wanted"] - c["delta"])
         if c["delta"]:
             order = make_order(c["instrument"], catalog.contracts[c["instrument"]], c["delta"], c["price"],
-                               execution_id, config.orders)
+                               args.execution_id, config.orders)
             (buys if c["delta"] > 0 else sells).append(order)
     decision["orders"] = sells + buys
     decision["trading_state"] = "halted" if not config.tradingEnabled else config.tradingState
