@@ -233,6 +233,88 @@ def run(settings: Settings, options: Options, progress: Progress | None = None,
         bus.close()
 
 
+class _Run:
+    """One run's stages: names, working folder and the parameters every notebook gets."""
+
+    def __init__(self, bus: Bus, audit: AuditStore, settings: Settings, options: Options, progress: Progress,
+                 run_id: str, now: dt.datetime, as_of: str | None, strategies: dict[str, dict], chosen: list[str]):
+        self.bus, self.audit, self.settings, self.options, self.progress = bus, audit, settings, options, progress
+        self.run_id, self.now, self.strategies, self.chosen = run_id, now, strategies, chosen
+        self.keys = [*chosen, *(["reconcile"] if options.reconcile else []), "commander"]
+        folder = f"{now.astimezone(EXCHANGE_TZ).date().isoformat()}/{run_id}"
+        numbered = [*chosen, "reconcile", "commander"]  # numbers stay stable whether reconcile runs or not
+        self.names = {key: f"{folder}/{i:02d}_{key}.ipynb" for i, key in enumerate(numbered, start=1)}
+        work = audit.local_dir(folder) or Path(tempfile.mkdtemp(prefix=f"run-{run_id}-"))
+        self.local = {key: work / Path(name).name for key, name in self.names.items()}
+        self.common = {"mode": settings.mode, "bus_url": settings.bus, "broker_url": settings.broker,
+                       "as_of": as_of, "run_id": run_id}
+        self.meta = {"run_id": run_id, "git_revision": _git_revision()}
+
+    def _report(self, name: str, link: str, ok: bool, err: str, t0: float) -> StageResult:
+        result = StageResult(name, link, ok, round(time.monotonic() - t0, 2), err)
+        self.progress.update(name, "ok" if ok else "FAILED", f"{result.seconds:.1f} s {err}".strip(),
+                             "ok" if ok else "error")
+        return result
+
+    def strategy(self, sid: str) -> StageResult:
+        """Stage 1 for one strategy; a failure is recorded as an error intent if the notebook could not."""
+        self.progress.update(f"strategy {sid}", "running")
+        t0 = time.monotonic()
+        doc = self.strategies[sid]
+        try:
+            params = {**(doc.get("parameters") or {}),  # the operator's non-secret strategy parameters
+                      **self.common, "strategy_id": sid,
+                      "broker_url": broker_for_stage(self.settings.broker, 1 + self.chosen.index(sid))}
+            ok, err = _execute(_strategy_notebook(sid, doc), self.local[sid], params, self.options.strategy_timeout)
+        except PipelineError as exc:
+            ok, err = False, str(exc)
+        if not ok:
+            current = self.bus.get(docs.intent_path(sid)) or {}
+            if not current.get("updated_at") or current["updated_at"] < self.now:
+                intents.publish_error(self.bus, sid, f"strategy notebook failed: {err}")
+        return self._report(f"strategy {sid}", self.names[sid], ok, err, t0)
+
+    def single(self, key: str, params: dict, warm) -> StageResult:
+        """Stage 2 or 3 on its pre-started kernel (a cold one if warming failed)."""
+        self.progress.update(key, "running")
+        t0 = time.monotonic()
+        try:
+            km = warm.result()
+        except Exception:
+            km = None
+        ok, err = _execute(NOTEBOOKS / f"{key}.ipynb", self.local[key], {**self.common, **params},
+                           self.options.stage_timeout, km)
+        return self._report(key, self.names[key], ok, err, t0)
+
+    def keep(self, stages: list[StageResult]) -> None:
+        """Every executed notebook, failed ones too, unchanged, into the audit store."""
+        for key, st in zip(self.keys, stages):
+            try:
+                st.notebook = _kept(self.audit, self.local[key], self.names[key],
+                                    {**self.meta, "stage": key, "status": "ok" if st.ok else "failed", "error": st.error})
+            except AuditError as err:
+                self.progress.log(f"could not keep {self.names[key]}: {err}", "error")
+                st.ok, st.error = False, f"{st.error} audit: {err}".strip()
+
+    def record(self, execution_id: str, links: list[str], commander: StageResult) -> dict:
+        """The execution record; when the commander notebook died before writing it, a failed one."""
+        record = self.bus.get(docs.execution_path(execution_id))
+        if record is not None:
+            found = scraps.read(self.local["commander"]).get("execution", {})
+            if found and found.get("status") != record.get("status"):
+                self.progress.log("the commander notebook's result and the bus record disagree", "warn")
+            return record
+        record = {"execution_id": execution_id, "executed_at": self.now, "mode": self.settings.mode,
+                  "trigger": self.options.trigger, "run_id": self.run_id, "status": "failed", "placed_orders": False,
+                  "summary": f"Failed: the commander notebook did not finish: {commander.error}",
+                  "decision": None, "orders_placed": [], "notebooks": links}
+        try:
+            self.bus.create(docs.execution_path(execution_id), record)
+        except BusError as err:
+            self.progress.log(f"could not write {docs.execution_path(execution_id)}: {err}", "error")
+        return record
+
+
 def _run_stages(bus: Bus, audit: AuditStore, settings: Settings, options: Options, progress: Progress,
                 run_id: str, now: dt.datetime, as_of: str | None) -> RunResult:
     strategies = bus.list("strategies")
@@ -244,107 +326,36 @@ def _run_stages(bus: Bus, audit: AuditStore, settings: Settings, options: Option
         chosen = [s for s in options.strategies if strategies[s].get("enabled")]
     else:
         chosen = sorted(s for s, d in strategies.items() if d.get("enabled"))
-
-    folder = f"{now.astimezone(EXCHANGE_TZ).date().isoformat()}/{run_id}"
-    names = {sid: f"{folder}/{i:02d}_{sid}.ipynb" for i, sid in enumerate(chosen, start=1)}
-    names["reconcile"] = f"{folder}/{len(chosen) + 1:02d}_reconcile.ipynb"
-    names["commander"] = f"{folder}/{len(chosen) + 2:02d}_commander.ipynb"
-    work = audit.local_dir(folder) or Path(tempfile.mkdtemp(prefix=f"run-{run_id}-"))
-    local = {k: work / Path(v).name for k, v in names.items()}
-    common = {"mode": settings.mode, "bus_url": settings.bus, "broker_url": settings.broker, "as_of": as_of,
-              "run_id": run_id}
-    meta = {"run_id": run_id, "git_revision": _git_revision()}
-    stages: list[StageResult] = []
-
-    def run_strategy(sid: str) -> StageResult:
-        progress.update(f"strategy {sid}", "running")
-        t0 = time.monotonic()
-        try:
-            src = _strategy_notebook(sid, strategies[sid])
-            extra = strategies[sid].get("parameters") or {}  # the operator's non-secret strategy parameters
-            params = {**extra, **common, "strategy_id": sid,
-                      "broker_url": broker_for_stage(settings.broker, 1 + chosen.index(sid))}
-            ok, err = _execute(src, local[sid], params, options.strategy_timeout)
-        except PipelineError as exc:
-            ok, err = False, str(exc)
-        if not ok:
-            # The notebook normally records its own error intent; a killed or unstartable one cannot.
-            current = bus.get(docs.intent_path(sid)) or {}
-            if not current.get("updated_at") or current["updated_at"] < now:
-                intents.publish_error(bus, sid, f"strategy notebook failed: {err}")
-        result = StageResult(f"strategy {sid}", names[sid], ok, round(time.monotonic() - t0, 2), err)
-        progress.update(result.name, "ok" if ok else "FAILED", f"{result.seconds:.1f} s {err}".strip(),
-                        "ok" if ok else "error")
-        return result
+    run = _Run(bus, audit, settings, options, progress, run_id, now, as_of, strategies, chosen)
 
     # Kernels for stage 2 and 3 start (and import) while stage 1 runs, one after the other.
     warmer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    warm = {key: warmer.submit(kernels.start) for key in (["reconcile"] if options.reconcile else []) + ["commander"]}
+    warm = {key: warmer.submit(kernels.start) for key in run.keys if key in ("reconcile", "commander")}
     try:
         # Stage 1: strategies in parallel kernels (worker processes, bounded by the CPU count);
         # one failing or hanging does not stop the others.
         workers = max(1, min(len(chosen) or 1, options.workers or os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            stages += list(pool.map(run_strategy, chosen))
-        return _finish(bus, audit, settings, options, progress, run_id, now, chosen, names, local, common, meta,
-                       stages, warm)
+            stages = list(pool.map(run.strategy, chosen))
+        # Stage 2 and 3 only after stage 1 has finished.
+        if options.reconcile:
+            stages.append(run.single("reconcile", {"broker_url": broker_for_stage(settings.broker, 1)},
+                                     warm["reconcile"]))
+        else:
+            progress.update("reconcile", "skipped", "--no-reconcile: the last snapshot is used if still fresh")
+        execution_id = run_id
+        links = [audit.link(run.names[k]) for k in run.keys]
+        stages.append(run.single("commander", {
+            "execution_id": execution_id, "dry_run": options.dry_run, "trigger": options.trigger,
+            "window_start": options.window_start, "notebooks": links, "audit_url": settings.audit},
+            warm["commander"]))
     finally:
         for future in warm.values():
             future.add_done_callback(lambda f: f.exception() is None and kernels.kill(f.result()))
         warmer.shutdown(wait=False)
 
-
-def _finish(bus, audit, settings, options, progress, run_id, now, chosen, names, local, common, meta, stages, warm):
-
-    # Stage 2 and 3 only after stage 1 has finished.
-    def run_single(key: str, params: dict) -> StageResult:
-        progress.update(key, "running")
-        t0 = time.monotonic()
-        try:
-            km = warm[key].result()
-        except Exception:
-            km = None  # warming failed: start a cold kernel instead
-        ok, err = _execute(NOTEBOOKS / f"{key}.ipynb", local[key], {**common, **params}, options.stage_timeout, km)
-        result = StageResult(key, names[key], ok, round(time.monotonic() - t0, 2), err)
-        progress.update(key, "ok" if ok else "FAILED", f"{result.seconds:.1f} s {err}".strip(), "ok" if ok else "error")
-        return result
-
-    if options.reconcile:
-        stages.append(run_single("reconcile", {"broker_url": broker_for_stage(settings.broker, 1)}))
-    else:
-        progress.update("reconcile", "skipped", "--no-reconcile: the last snapshot is used if still fresh")
-    execution_id = run_id
-    links = [audit.link(names[k]) for k in [*chosen, *(["reconcile"] if options.reconcile else []), "commander"]]
-    stages.append(run_single("commander", {
-        "execution_id": execution_id, "dry_run": options.dry_run, "trigger": options.trigger,
-        "window_start": options.window_start, "notebooks": links, "audit_url": settings.audit}))
-
-    # Keep every executed notebook, failed ones too, unchanged.
-    for key, st in zip([*chosen, *(["reconcile"] if options.reconcile else []), "commander"], stages):
-        try:
-            st.notebook = _kept(audit, local[key], names[key], {**meta, "stage": key, "status": "ok" if st.ok else "failed",
-                                                                 "error": st.error})
-        except AuditError as err:
-            progress.log(f"could not keep {names[key]}: {err}", "error")
-            st.ok, st.error = False, f"{st.error} audit: {err}".strip()
-
-    record = bus.get(docs.execution_path(execution_id))
-    if record is None:
-        # The commander notebook died before writing: record that, so the run leaves a trace on the bus.
-        commander = stages[-1]
-        record = {"execution_id": execution_id, "executed_at": now, "mode": settings.mode, "trigger": options.trigger,
-                  "run_id": run_id, "status": "failed", "placed_orders": False,
-                  "summary": f"Failed: the commander notebook did not finish: {commander.error}",
-                  "decision": None, "orders_placed": [], "notebooks": links}
-        try:
-            bus.create(docs.execution_path(execution_id), record)
-        except BusError as err:
-            progress.log(f"could not write {docs.execution_path(execution_id)}: {err}", "error")
-    else:
-        found = scraps.read(local["commander"]).get("execution", {})
-        if found and found.get("status") != record.get("status"):
-            progress.log("the commander notebook's result and the bus record disagree", "warn")
-
+    run.keep(stages)
+    record = run.record(execution_id, links, stages[-1])
     status = record.get("status", "failed")
     failed_stage = any(not s.ok for s in stages)
     exit_code = EXIT_OK if status in ("completed", "dry_run", "disabled", "awaiting_approval") and not failed_stage \
