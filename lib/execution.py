@@ -245,8 +245,11 @@ def build_record(*, execution_id: str, now: dt.datetime, mode: str, trigger: str
 
 def write_record(bus: Bus, record: dict) -> None:
     """Create `executions/{id}` (never overwriting) and, for a decision that was not blocked, point the
-    mode's state at it so the next run holds these targets."""
-    bus.create(docs.execution_path(record["execution_id"]), record)
+    mode's state at it so the next run holds these targets. The record is validated first, so a
+    malformed one is refused with its field named before anything is written."""
+    path = docs.execution_path(record["execution_id"])
+    docs.load(docs.ExecutionRecord, path, record)
+    bus.create(path, record)
     if record["decision"]["status"] == "ok":
         for sid, ledger in sorted(record["decision"].get("ledgers", {}).items()):
             bus.set(docs.ledger_path(sid), ledger)

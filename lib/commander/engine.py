@@ -22,11 +22,11 @@ import numpy as np
 
 from lib import documents as docs
 from lib.canonical import iso
+from lib.broker.base import TERMINAL_STATUSES
 from lib.commander import ledger, limits
 from lib.commander.instrument import Catalog, multiplier_of
 from lib.errors import DocumentError
 
-TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 FUTURE_SKEW = dt.timedelta(minutes=5)  # tolerated clock skew between a strategy host and ours
 ALLOCATION_TOLERANCE = 1e-9
 
@@ -276,7 +276,7 @@ def pending_by_instrument(open_orders: list[docs.OpenOrder], prefix: str, catalo
     """Signed remaining quantity per instrument, split into manual (any client) and our own orders."""
     out: dict[str, dict] = {}
     for o in open_orders:
-        if o.status in TERMINAL:
+        if o.status in TERMINAL_STATUSES:
             continue
         remaining = o.remaining if o.remaining is not None else o.totalQuantity - float(
             (o.model_extra or {}).get("filled") or 0.0)
