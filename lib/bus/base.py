@@ -44,6 +44,21 @@ class Bus(abc.ABC):
     def list(self, collection: str) -> dict[str, dict]:
         """The documents of a collection, id → data, ordered by id."""
 
+    def page(self, collection: str, *, order_by: str, limit: int, descending: bool = True,
+             after: Any = None, before: Any = None) -> list[tuple[str, dict]]:
+        """At most `limit` documents of a collection as (id, data), ordered by the top-level field
+        `order_by` (a timestamp or a string), keeping those with `after` < value < `before` (either
+        bound optional; pass the last value seen as the next page's bound). On Firestore this is one
+        query on the field's automatic single-field index, so a page never reads a whole collection.
+        Documents without the field are left out, as Firestore does. This default lists the
+        collection; the backends override it with a real query."""
+        _check_page(collection, order_by, limit)
+        rows = [(i, d) for i, d in self.list(collection).items() if d.get(order_by) is not None]
+        rows = [(i, d) for i, d in rows if (after is None or d[order_by] > after)
+                and (before is None or d[order_by] < before)]
+        rows.sort(key=lambda r: (r[1][order_by], r[0]), reverse=descending)
+        return rows[:limit]
+
     @abc.abstractmethod
     def transact(self, path: str, fn: Callable[[dict | None], Any]) -> dict | None:
         """Read-modify-write one document atomically.
@@ -74,3 +89,12 @@ class Bus(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _check_page(collection: str, order_by: str, limit: int) -> None:
+    from lib.bus import rules
+    rules.check_collection_path(collection)
+    if not isinstance(order_by, str) or not order_by or "." in order_by:
+        raise InvalidValueError(f"{collection}: order_by is a top-level field name, got {order_by!r}")
+    if not isinstance(limit, int) or limit < 1:
+        raise InvalidValueError(f"{collection}: a page holds at least one document, got limit={limit!r}")

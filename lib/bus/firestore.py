@@ -10,7 +10,7 @@ import os
 from typing import Callable, Iterable
 
 from lib.bus import rules
-from lib.bus.base import DELETE, Bus
+from lib.bus.base import DELETE, Bus, _check_page
 from lib.errors import AlreadyExistsError, BusError, BusUnavailableError, DocumentTooLargeError
 
 # Fail fast instead of the client's default of retrying for up to ten minutes: an unreachable
@@ -106,6 +106,22 @@ class FirestoreBus(Bus):
         snaps = self._call("list", collection, lambda: list(self._client.collection(collection).stream(
             retry=self._retry, timeout=self.timeout)))
         return {s.id: _plain(s.to_dict()) for s in sorted(snaps, key=lambda s: s.id)}
+
+    def page(self, collection: str, *, order_by: str, limit: int, descending: bool = True,
+             after=None, before=None) -> list[tuple[str, dict]]:
+        _check_page(collection, order_by, limit)
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        # Range filters and the order on one field: served by its automatic single-field index.
+        query = self._client.collection(collection).order_by(
+            order_by, direction="DESCENDING" if descending else "ASCENDING")
+        if after is not None:
+            query = query.where(filter=FieldFilter(order_by, ">", after))
+        if before is not None:
+            query = query.where(filter=FieldFilter(order_by, "<", before))
+        snaps = self._call("page", collection, lambda: list(query.limit(limit).stream(
+            retry=self._retry, timeout=self.timeout)))
+        return [(s.id, _plain(s.to_dict())) for s in snaps]
 
     def transact(self, path: str, fn: Callable[[dict | None], object]) -> dict | None:
         rules.check_document_path(path)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from lib.bus import rules
-from lib.bus.base import DELETE, Bus
+from lib.bus.base import DELETE, Bus, _check_page
 from lib.errors import AlreadyExistsError, BusUnavailableError
 
 _SCHEMA = """
@@ -139,6 +139,21 @@ class SqliteBus(Bus):
         rows = self._run("list", lambda c: c.execute(
             "SELECT id, data FROM documents WHERE collection = ? ORDER BY id", (collection,)).fetchall())
         return {doc_id: _loads(data) for doc_id, data in rows}
+
+    def page(self, collection: str, *, order_by: str, limit: int, descending: bool = True,
+             after=None, before=None) -> list[tuple[str, dict]]:
+        _check_page(collection, order_by, limit)
+        # Timestamps are stored as {"__timestamp__": ISO-8601 UTC}: compare those strings.
+        key = f"COALESCE(json_extract(data, '$.\"{order_by}\".{_TS}'), json_extract(data, '$.\"{order_by}\"'))"
+        sql, args = f"SELECT id, data FROM documents WHERE collection = ? AND {key} IS NOT NULL", [collection]
+        for bound, op in ((after, ">"), (before, "<")):
+            if bound is not None:
+                sql += f" AND {key} {op} ?"
+                args.append(bound.astimezone(dt.timezone.utc).isoformat() if isinstance(bound, dt.datetime) else bound)
+        order = "DESC" if descending else "ASC"
+        sql += f" ORDER BY {key} {order}, id {order} LIMIT ?"
+        rows = self._run("page", lambda c: c.execute(sql, (*args, limit)).fetchall())
+        return [(doc_id, _loads(data)) for doc_id, data in rows]
 
     def transact(self, path: str, fn: Callable[[dict | None], object]) -> dict | None:
         rules.check_document_path(path)
