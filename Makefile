@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench clean-runs
+.PHONY: run test install bench clean-runs serve
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python run_pipeline.py $(ARGS)
+
+# The reviewer's pages and /orchestrator on http://127.0.0.1:8080 (optional; ARGS="--port 9000").
+serve: $(STAMP)
+	$(BIN)/python -m lib.web $(ARGS)
 
 # pytest exits 5 when it collected no test: that is a failure here, said plainly.
 test: $(STAMP)

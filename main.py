@@ -8,7 +8,11 @@ Settings (mode, bus, broker, audit) come from the service's environment (COMMAND
 the request body, and credentials come from the service account. Responses: 200 for a completed,
 dry-run, disabled or closed-exchange run; 409 when another run holds the lock; 400 for bad input;
 500 for a failed run. The body is the run's result (status, summary, orders, skipped, notebooks).
-Run locally with `uvicorn main:app`.
+Over HTTP a body without `"dryRun": false` only plans: placing orders must be asked for.
+
+The same app serves the reviewer's read-only pages (/runs, /executions/{id}, /notebooks/...,
+/strategies; see lib/web). Every route is authenticated whenever the server listens beyond
+loopback (lib/web/auth.py). Run locally with `make serve` (`python -m lib.web`, 127.0.0.1:8080).
 """
 from __future__ import annotations
 
@@ -21,8 +25,10 @@ from pydantic import BaseModel, ConfigDict
 from lib import pipeline
 from lib.progress import Progress
 from lib.settings import resolve
+from lib.web import install
 
 app = FastAPI(title="Commander pipeline", version="0.1.0")
+install(app)
 
 STATUS_CODES = {pipeline.EXIT_OK: 200, pipeline.EXIT_USAGE: 400, pipeline.EXIT_LOCKED: 409}
 
@@ -30,7 +36,7 @@ STATUS_CODES = {pipeline.EXIT_OK: 200, pipeline.EXIT_USAGE: 400, pipeline.EXIT_L
 class OrchestratorRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     strategies: Optional[list[str]] = None
-    dryRun: bool = False
+    dryRun: bool = True  # over HTTP, trading must be asked for explicitly
     runReconcile: bool = True
     trigger: Literal["scheduled", "manual"] = "scheduled"
     asOf: Optional[str] = None

@@ -14,7 +14,8 @@ def client(tmp_path, monkeypatch):
     monkeypatch.setenv("COMMANDER_BROKER", env.settings.broker)
     monkeypatch.setenv("COMMANDER_AUDIT", env.settings.audit)
     import main
-    return TestClient(main.app), env
+    # On loopback, where the app asks for no credential (tests/test_web_auth.py covers the rest).
+    return TestClient(main.app, base_url="http://127.0.0.1"), env
 
 
 def test_healthz(client):
