@@ -64,10 +64,10 @@ class Table:
         self.frame, self.numeric = frame, numeric
 
     def _repr_html_(self) -> str:
-        head = "".join(f'<th style="text-align:{"right" if c in self.numeric else "left"}">{html.escape(str(c))}</th>'
+        head = "".join(f'<th align="{"right" if c in self.numeric else "left"}">{html.escape(str(c))}</th>'
                        for c in self.frame.columns)
         body = "".join("<tr>" + "".join(
-            f'<td style="text-align:{"right" if c in self.numeric else "left"}">{html.escape(v)}</td>'
+            f'<td align="{"right" if c in self.numeric else "left"}">{html.escape(v)}</td>'
             for c, v in zip(self.frame.columns, row)) + "</tr>" for row in self.frame.itertuples(index=False))
         return f'<table class="report"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
