@@ -154,7 +154,7 @@ def ledger_view(ledgers: Mapping[str, dict]):
         h = pd.DataFrame(led.get("history") or [])
         if h.empty:
             continue
-        at = pd.to_datetime(h["at"])
+        at = pd.to_datetime(h["at"], utc=True).dt.tz_convert(None)  # UTC, naive for matplotlib
         eq.plot(at, h["equity"], marker="o", label=sid)
         dd.plot(at, h["drawdown"], marker="o", label=sid)
     eq.set_title("Equity per strategy")

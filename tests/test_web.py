@@ -191,6 +191,7 @@ def test_pages_show_no_setting(client, world):
 def test_strategy_page_shows_status_history(client, world):
     page = client.get("/strategies/flaky").text
     assert "market data vendor is down" in page and world["failing"].execution_id in page
+    assert re.search(r'href="/notebooks/[^"]+_flaky\.ipynb"', page)
     assert client.get("/strategies/nope").status_code == 404
     history = records.strategy_history([world["failing"].record, world["normal"].record], "dummy")
     assert [h["status"] for h in history] == ["ok", "ok"] and history[0]["targets"]

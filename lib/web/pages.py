@@ -236,6 +236,12 @@ def strategy(request: Request, sid: str, scan: int = Query(100, ge=1, le=records
         intent = bus.get(docs.intent_path(sid))
         ledger = bus.get(docs.ledger_path(sid))
         recent = [r for _, r in bus.page(records.COLLECTION, order_by=records.ORDER_FIELD, limit=scan)]
+    history = records.strategy_history(recent, sid)
+    for h in history:
+        try:
+            h["notebook_name"] = viewer.store_name(h["notebook"], _audit_url()) if h["notebook"] else None
+        except viewer.NotInAuditStore:
+            h["notebook_name"] = None
     return templates.TemplateResponse(request, "strategy.html", {
         "sid": sid, "doc": {k: doc.get(k) for k in ("name", "description", "enabled", "capital_allocation", "halted")},
-        "intent": intent, "ledger": ledger, "history": records.strategy_history(recent, sid), "scan": scan})
+        "intent": intent, "ledger": ledger, "history": history, "scan": scan})
