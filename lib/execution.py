@@ -179,7 +179,7 @@ def place(broker: Broker, decision: dict, *, mode: str, expected_account: str | 
                 st = states.get(r["orderId"])
                 if st is not None:
                     r.update(status=st.status, filled=st.filled, remaining=st.remaining,
-                             avgFillPrice=st.avg_fill_price, error=st.error)
+                             avgFillPrice=st.avg_fill_price, commission=st.commission, error=st.error)
         except BrokerError as err:
             broken = f"waiting for acknowledgements failed: {err}"
 

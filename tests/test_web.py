@@ -66,6 +66,11 @@ def test_reviewer_clicks_from_runs_to_the_commander_notebook(world, browser):
              for tr in browser.find_elements(By.CSS_SELECTOR, "#orders tr.order")]
     expected = [(o["action"], f"{o['totalQuantity']:,}", o["symbol"]) for o in failing.record["orders_placed"]]
     assert shown == expected and shown
+    # The fill: price and commission, as the broker reported them.
+    first = failing.record["orders_placed"][0]
+    assert first["commission"] > 0
+    row = browser.find_elements(By.CSS_SELECTOR, "#orders tr.order")[0].text
+    assert f"{first['avgFillPrice']:,.4f}" in row and f"{first['commission']:,.2f}" in row
     skipped = browser.find_element(By.ID, "skipped").text
     assert "flaky" in skipped and "error" in skipped and "market data vendor is down" in skipped
     notebooks = {a.text: a for a in browser.find_elements(By.CSS_SELECTOR, "a.notebook-link")}
