@@ -58,6 +58,7 @@ def test_reviewer_clicks_from_runs_to_the_commander_notebook(world, browser):
     rows = browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
     assert len(rows) == 2 and failing.execution_id in rows[0].text  # newest first
     assert "flaky: error" in rows[0].text and "none" in rows[1].text
+    assert rows[0].find_element(By.CSS_SELECTOR, "a.failed-notebook").get_attribute("href").endswith("_flaky.ipynb")
 
     rows[0].find_element(By.CSS_SELECTOR, "a.execution-link").click()
     assert failing.execution_id in browser.find_element(By.TAG_NAME, "h1").text

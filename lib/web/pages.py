@@ -134,6 +134,13 @@ def runs(request: Request, date_from: str | None = None, date_to: str | None = N
     with _bus() as bus:
         page = records.find(bus, filters, limit=limit, before=cursor)
         strategies = sorted(bus.list("strategies"))
+    audit = _audit_url()
+    for r in page.rows:
+        for f in r["failed"]:
+            try:
+                f["name"] = viewer.store_name(f["link"], audit) if f["link"] else None
+            except viewer.NotInAuditStore:
+                f["name"] = None
     query = {k: v for k, v in {"date_from": date_from, "date_to": date_to, "status": status, "mode": mode,
                                "strategy": strategy, "limit": limit}.items() if v}
     return templates.TemplateResponse(request, "runs.html", {
