@@ -110,7 +110,16 @@ def test_cloud_run_google_id_token(app_env, key):
 
 def test_orchestrator_over_http_only_plans_unless_told(app_env):
     import main
-    assert main.OrchestratorRequest().dryRun is True
+    app, _ = app_env
+    res = TestClient(app, base_url="http://127.0.0.1").post(
+        "/orchestrator", json={"strategies": ["dummy"], "runReconcile": True, "asOf": "2026-11-20"})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["status"] == "dry_run" and body["orders"]  # planned, not placed
+    import os
+    from lib.broker.sim import SimBroker
+    with SimBroker(os.environ["COMMANDER_BROKER"][len("sim:///"):]) as sim:
+        assert [h for h in sim.snapshot().holdings if h.quantity] == []  # the broker received nothing
     assert main.OrchestratorRequest(dryRun=False).dryRun is False
 
 
