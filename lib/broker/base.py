@@ -69,6 +69,9 @@ class OrderRequest:
     limit_price: float | None = None
     tif: str = "DAY"
     order_ref: str = ""
+    #: An explicit order id from `Broker.reserve_order_ids` (IB honours it; the simulator numbers
+    #: its own orders and ignores it).
+    order_id: int | None = None
 
 
 @dataclasses.dataclass
@@ -91,6 +94,18 @@ class OrderState:
     avg_fill_price: float = 0.0
     commission: float = 0.0
     error: str | None = None
+    #: Stop price of STP/STP LMT/TRAIL orders (None when unset).
+    aux_price: float | None = None
+    #: Non-zero for the child of a bracket (its parent's order id).
+    parent_id: int = 0
+    #: One-cancels-all group name ("" when none).
+    oca_group: str = ""
+    #: Informational broker messages that left the order working (e.g. "IB warning 399: ...").
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    #: Whether the broker itself reported the terminal status (not a client-side guess, as
+    #: ib_async's local "Cancelled" after errors 161/10148 is). Recovery and cancel confirmation
+    #: trust only confirmed terminal states.
+    confirmed: bool = True
 
     @property
     def is_terminal(self) -> bool:
@@ -184,6 +199,24 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def place_order(self, request: OrderRequest) -> OrderState:
         """Send one order (after the account guard) and return its state once sent."""
+
+    @abc.abstractmethod
+    def orders_by_ref(self, prefix: str) -> list[OrderState]:
+        """Every order of this account whose `orderRef` starts with `prefix`, of any client,
+        whatever its state: working, filled, cancelled or rejected.
+
+        The broker's open orders, completed orders and executions are all consulted, so an order
+        that filled or was cancelled while nobody was connected is still found (IB keeps
+        executions for the current day at least). An order known only from its executions comes
+        back with its filled quantity. Used by recovery to learn which planned orders reached the
+        broker; raises BrokerError when the broker cannot be asked.
+        """
+
+    @abc.abstractmethod
+    def reserve_order_ids(self, count: int, floor: int = 0) -> list[int] | None:
+        """`count` order ids for this connection, each above `floor` and above every id the broker
+        handed out (IB: max(floor, nextValidId) onward; later ids never reuse them), or None when
+        the broker numbers orders itself (the simulator)."""
 
     @abc.abstractmethod
     def cancel_order(self, order_id: int) -> None:

@@ -560,6 +560,12 @@ class IBBroker(Broker):
             raise BrokerError(f"order {order_id} is not an order of client id {self.client_id} at {self._where}")
         return trade
 
+    def orders_by_ref(self, prefix: str) -> list[OrderState]:
+        raise NotImplementedError  # TODO(helper): open + completed orders + executions
+
+    def reserve_order_ids(self, count: int, floor: int = 0) -> list[int] | None:
+        raise NotImplementedError  # TODO(helper): max(floor, nextValidId)
+
     def cancel_order(self, order_id: int) -> None:
         """Ask IB to cancel one of this connection's orders; does not wait for the outcome.
 

@@ -521,6 +521,19 @@ class SimBroker(Broker):
                                     ids).fetchall() if ids else []
             return {r["order_id"]: self._state(r) for r in rows}
 
+    def orders_by_ref(self, prefix: str) -> list[OrderState]:
+        """Every order (any client, any state) whose orderRef starts with `prefix`, by order id."""
+        self._ensure_open()
+        with self._transaction(write=False) as conn:
+            rows = conn.execute("SELECT * FROM orders WHERE substr(order_ref, 1, ?) = ? ORDER BY order_id",
+                                (len(prefix), prefix)).fetchall()
+            return [self._state(r) for r in rows]
+
+    def reserve_order_ids(self, count: int, floor: int = 0) -> list[int] | None:
+        """None: the simulator numbers every order itself from one sequence shared by all clients."""
+        self._ensure_open()
+        return None
+
     def fills(self) -> list[dict]:
         """Every execution so far, oldest first (order_id, symbol, action, quantity, price, commission, as_of)."""
         with self._transaction(write=False) as conn:
