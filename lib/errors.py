@@ -44,6 +44,10 @@ class NotFoundError(BusError):
     """An update of a document that does not exist."""
 
 
+class PreconditionFailedError(BusError):
+    """An atomic write's precondition did not hold (e.g. the lease was lost); nothing was written."""
+
+
 class BusUnavailableError(BusError):
     """The bus could not be reached (network, emulator down, file unreadable)."""
 

@@ -181,3 +181,70 @@ def test_firestore_batch_read_is_one_round_trip(firestore_url, monkeypatch):
     assert calls == {"get_all": 1, "get": 0}
     assert [got[f"strategies/s{i:02d}"]["i"] for i in range(30)] == list(range(30))
     assert got["strategies/missing"] is None
+
+
+# ---- atomic multi-document commit (write-ahead of an execution, fencing by the lease) ----------
+from lib.bus import Write  # noqa: E402
+from lib.errors import PreconditionFailedError  # noqa: E402
+
+
+def test_commit_applies_every_write(bus):
+    bus.set("state/s", {"a": 1, "b": 2})
+    bus.set("config/gone", {"x": 1})
+    bus.commit([Write("create", "executions/e1", {"status": "placing"}),
+                Write("merge", "state/s", {"b": 3, "c": 4}),
+                Write("set", "config/other", {"y": 2}),
+                Write("delete", "config/gone")])
+    assert bus.get("executions/e1") == {"status": "placing"}
+    assert bus.get("state/s") == {"a": 1, "b": 3, "c": 4}
+    assert bus.get("config/other") == {"y": 2}
+    assert bus.get("config/gone") is None
+
+
+def test_commit_is_all_or_nothing_when_a_create_finds_the_document(bus):
+    bus.set("executions/e1", {"status": "completed"})
+    bus.set("state/s", {"a": 1})
+    with pytest.raises(AlreadyExistsError):
+        bus.commit([Write("set", "state/s", {"a": 2}), Write("create", "executions/e1", {"status": "placing"})])
+    assert bus.get("state/s") == {"a": 1}
+    assert bus.get("executions/e1") == {"status": "completed"}
+
+
+def test_commit_merge_of_missing_document_writes_nothing(bus):
+    with pytest.raises(NotFoundError):
+        bus.commit([Write("set", "state/s", {"a": 2}), Write("merge", "executions/none", {"x": 1})])
+    assert bus.get("state/s") is None
+
+
+def test_commit_precondition_fences_a_lost_lease(bus):
+    bus.set("locks/commander-paper", {"owner": "run-b", "generation": 8})
+
+    def held_by(owner, generation):
+        return lambda doc: None if doc and doc.get("owner") == owner and doc.get("generation") == generation \
+            else f"lease is held by {doc and doc.get('owner')!r} (generation {doc and doc.get('generation')})"
+
+    with pytest.raises(PreconditionFailedError, match="run-b"):
+        bus.commit([Write("create", "executions/e1", {"status": "placing"})],
+                   expect={"locks/commander-paper": held_by("run-a", 7)})
+    assert bus.get("executions/e1") is None
+    bus.commit([Write("create", "executions/e1", {"status": "placing"})],
+               expect={"locks/commander-paper": held_by("run-b", 8)})
+    assert bus.get("executions/e1") == {"status": "placing"}
+
+
+def test_commit_validates_every_write_before_writing(bus):
+    with pytest.raises(InvalidPathError):
+        bus.commit([Write("set", "config/ok", {"a": 1}), Write("set", "positions/paper/latest", {"a": 1})])
+    with pytest.raises(InvalidValueError):
+        bus.commit([Write("set", "config/ok", {"a": 1}), Write("set", "config/nan", {"a": float("nan")})])
+    with pytest.raises(DocumentTooLargeError):
+        bus.commit([Write("set", "config/ok", {"a": 1}), Write("set", "config/big", {"b": "x" * 1_100_000})])
+    assert bus.get("config/ok") is None
+
+
+def test_commit_merge_that_grows_past_the_limit_writes_nothing(bus):
+    bus.set("executions/e1", {"blob": "x" * 700_000})
+    with pytest.raises(DocumentTooLargeError):
+        bus.commit([Write("set", "config/ok", {"a": 1}), Write("merge", "executions/e1", {"more": "y" * 500_000})])
+    assert bus.get("config/ok") is None
+    assert len(bus.get("executions/e1")["blob"]) == 700_000

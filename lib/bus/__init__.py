@@ -1,9 +1,9 @@
 """The intent bus: `open_bus(url)` returns a `Bus` for `sqlite:///PATH` or `firestore://PROJECT[/DATABASE]`."""
 from __future__ import annotations
 
-from lib.bus.base import DELETE, Bus
+from lib.bus.base import DELETE, Bus, Write
 
-__all__ = ["Bus", "DELETE", "open_bus"]
+__all__ = ["Bus", "DELETE", "Write", "open_bus"]
 
 
 def open_bus(url: str) -> Bus:

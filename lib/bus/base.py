@@ -2,12 +2,31 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from lib.errors import InvalidValueError, NotFoundError
 
 #: Returned by a `transact` function to delete the document.
 DELETE = object()
+
+WRITE_OPS = ("create", "set", "merge", "delete")
+
+
+class Write(NamedTuple):
+    """One write of an atomic `Bus.commit`.
+
+    `create` fails if the document exists; `set` creates or replaces; `merge` merges top-level
+    fields into an existing document (fails if it is missing); `delete` removes it if present.
+    """
+
+    op: str
+    path: str
+    data: dict | None = None
+
+
+#: A precondition of `Bus.commit`: gets the current document (or None) and returns None when it
+#: holds, or the reason it does not.
+Check = Callable[[dict | None], "str | None"]
 
 
 class Bus(abc.ABC):
@@ -68,6 +87,18 @@ class Bus(abc.ABC):
         Returns the document as it stands after the transaction. Good enough for a lease.
         """
 
+    @abc.abstractmethod
+    def commit(self, writes: Sequence[Write], expect: Mapping[str, Check] | None = None) -> None:
+        """Apply every write, or none of them, in one transaction.
+
+        `expect` maps document paths to checks run inside the same transaction on the current
+        documents (a fencing token, say); a check that returns a reason aborts the commit with
+        PreconditionFailedError. A `create` of an existing document raises AlreadyExistsError and
+        a `merge` of a missing one NotFoundError — in every case nothing is written. Checks may
+        run more than once (Firestore retries contended transactions), so they must be pure.
+        At most 500 writes (Firestore's limit for one transaction).
+        """
+
     def update(self, path: str, fields: dict) -> dict:
         """Merge top-level `fields` into an existing document; raise NotFoundError if it is missing."""
         for key in fields:
@@ -89,6 +120,34 @@ class Bus(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def check_writes(writes: Sequence[Write]) -> list[Write]:
+    """Validate every write before anything is sent: op, path, values, size, field names."""
+    from lib.bus import rules
+    writes = [Write(*w) for w in writes]
+    if len(writes) > 500:
+        raise InvalidValueError(f"an atomic commit holds at most 500 writes, got {len(writes)}")
+    seen = set()
+    for w in writes:
+        if w.op not in WRITE_OPS:
+            raise InvalidValueError(f"{w.path}: unknown write op {w.op!r}; expected one of {WRITE_OPS}")
+        if w.path in seen:
+            raise InvalidValueError(f"{w.path}: written twice in one commit")
+        seen.add(w.path)
+        if w.op == "delete":
+            rules.check_document_path(w.path)
+            continue
+        if not isinstance(w.data, dict):
+            raise InvalidValueError(f"{w.path}: a {w.op} needs a document (dict), got {type(w.data).__name__}")
+        if w.op == "merge":
+            for key in w.data:
+                if not isinstance(key, str) or "." in key:
+                    raise InvalidValueError(f"{w.path}: merge field names are top-level names without dots, got {key!r}")
+            rules.check_document_path(w.path)
+        else:
+            rules.check_document(w.path, w.data)
+    return writes
 
 
 def _check_page(collection: str, order_by: str, limit: int) -> None:

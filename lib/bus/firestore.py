@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping, Sequence
 
 from lib.bus import rules
-from lib.bus.base import DELETE, Bus, _check_page
-from lib.errors import AlreadyExistsError, BusError, BusUnavailableError, DocumentTooLargeError
+from lib.bus.base import DELETE, Bus, Write, _check_page, check_writes
+from lib.errors import (AlreadyExistsError, BusError, BusUnavailableError, DocumentTooLargeError, NotFoundError,
+                        PreconditionFailedError)
 
 # Fail fast instead of the client's default of retrying for up to ten minutes: an unreachable
 # bus must stop the run with a clear reason, not hang the schedule.
@@ -143,6 +144,48 @@ class FirestoreBus(Bus):
             return _plain(new)
 
         return self._call("transaction", path, lambda: run(self._client.transaction(max_attempts=10)))
+
+    def commit(self, writes: Sequence[Write], expect: Mapping[str, Callable] | None = None) -> None:
+        writes = check_writes(writes)
+        expect = dict(expect or {})
+        for path in expect:
+            rules.check_document_path(path)
+        firestore = self._firestore
+        # Every document the commit must read (checks, creates, merges) is read inside the
+        # transaction, so Firestore aborts and retries it if any of them changes meanwhile.
+        reads = list(dict.fromkeys([*expect, *(w.path for w in writes if w.op in ("create", "merge"))]))
+
+        @firestore.transactional
+        def run(transaction):
+            refs = [self._client.document(p) for p in reads]
+            current = {p: None for p in reads}
+            if refs:
+                for snap in self._client.get_all(refs, transaction=transaction):
+                    if snap.exists:
+                        current[snap.reference.path] = _plain(snap.to_dict())
+            for path, check in expect.items():
+                reason = check(current[path])
+                if reason:
+                    raise PreconditionFailedError(f"{path}: {reason}; nothing was written")
+            for w in writes:
+                ref = self._client.document(w.path)
+                if w.op == "delete":
+                    transaction.delete(ref)
+                elif w.op == "set":
+                    transaction.set(ref, w.data)
+                elif w.op == "create":
+                    if current[w.path] is not None:
+                        raise AlreadyExistsError(f"{w.path}: document already exists (create-only write refused)")
+                    transaction.create(ref, w.data)
+                else:
+                    if current[w.path] is None:
+                        raise NotFoundError(f"{w.path}: cannot merge into a document that does not exist")
+                    merged = {**current[w.path], **w.data}
+                    rules.check_document(w.path, merged)
+                    transaction.set(ref, merged)
+
+        first = writes[0].path if writes else "(empty commit)"
+        self._call("commit", first, lambda: run(self._client.transaction(max_attempts=10)))
 
     def close(self) -> None:
         try:

@@ -11,11 +11,11 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping, Sequence
 
 from lib.bus import rules
-from lib.bus.base import DELETE, Bus, _check_page
-from lib.errors import AlreadyExistsError, BusUnavailableError
+from lib.bus.base import DELETE, Bus, Write, _check_page, check_writes
+from lib.errors import AlreadyExistsError, BusUnavailableError, NotFoundError, PreconditionFailedError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -180,6 +180,52 @@ class SqliteBus(Bus):
                 result = _loads(_dumps(new))
             conn.execute("COMMIT")
             return result
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def commit(self, writes: Sequence[Write], expect: Mapping[str, Callable] | None = None) -> None:
+        writes = check_writes(writes)
+        expect = dict(expect or {})
+        for path in expect:
+            rules.check_document_path(path)
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise BusUnavailableError(f"SQLite bus {self.path}: cannot start a transaction: {exc}") from exc
+        upsert = ("INSERT INTO documents (path, collection, id, data, update_time) VALUES (?, ?, ?, ?, ?) "
+                  "ON CONFLICT(path) DO UPDATE SET data = excluded.data, update_time = excluded.update_time")
+
+        def current(path):
+            row = conn.execute("SELECT data FROM documents WHERE path = ?", (path,)).fetchone()
+            return _loads(row[0]) if row else None
+
+        try:
+            for path, check in expect.items():
+                reason = check(current(path))
+                if reason:
+                    raise PreconditionFailedError(f"{path}: {reason}; nothing was written")
+            for w in writes:
+                if w.op == "delete":
+                    conn.execute("DELETE FROM documents WHERE path = ?", (w.path,))
+                elif w.op == "set":
+                    conn.execute(upsert, self._row(w.path, w.data))
+                elif w.op == "create":
+                    if current(w.path) is not None:
+                        raise AlreadyExistsError(f"{w.path}: document already exists (create-only write refused)")
+                    conn.execute(upsert, self._row(w.path, w.data))
+                else:  # merge
+                    old = current(w.path)
+                    if old is None:
+                        raise NotFoundError(f"{w.path}: cannot merge into a document that does not exist")
+                    merged = {**old, **w.data}
+                    rules.check_document(w.path, merged)
+                    conn.execute(upsert, self._row(w.path, merged))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise BusUnavailableError(f"SQLite bus {self.path}: commit failed: {exc}") from exc
         except BaseException:
             conn.execute("ROLLBACK")
             raise
