@@ -50,7 +50,7 @@ class Options:
     force: bool = False  # run on a day the exchange is closed
     strategy_timeout: float = 600.0
     stage_timeout: float = 900.0
-    lease_minutes: float = 60.0
+    lease_seconds: float = 90.0  # renewed by a heartbeat; a dead run's lease expires by itself
     workers: int | None = None
 
 
@@ -214,20 +214,20 @@ def run(settings: Settings, options: Options, progress: Progress | None = None,
     as_of = (options.as_of or sessions.last_session_on_or_before(day).isoformat()) if is_sim else None
 
     try:
-        lease.acquire(bus, settings.mode, run_id, dt.timedelta(minutes=options.lease_minutes), now)
+        held = lease.acquire(bus, settings.mode, run_id, dt.timedelta(seconds=options.lease_seconds)).start_heartbeat()
     except lease.LeaseHeldError as err:
         progress.log(str(err), "error")
         return RunResult(EXIT_LOCKED, "locked", str(err), run_id)
     except BusError as err:
         return RunResult(EXIT_FAILED, "failed", f"bus unreachable: {err}", run_id)
     try:
-        return _run_stages(bus, audit, settings, options, progress, run_id, now, as_of)
+        return _run_stages(bus, audit, settings, options, progress, run_id, now, as_of, held)
     except (BusError, PipelineError) as err:
         progress.log(f"run failed: {err}", "error")
         return RunResult(EXIT_FAILED, "failed", str(err), run_id)
     finally:
         try:
-            lease.release(bus, settings.mode, run_id)
+            held.release()
         except BusError:
             progress.log(f"could not release {docs.lock_path(settings.mode)}; it expires by itself", "warn")
         bus.close()
@@ -316,7 +316,7 @@ class _Run:
 
 
 def _run_stages(bus: Bus, audit: AuditStore, settings: Settings, options: Options, progress: Progress,
-                run_id: str, now: dt.datetime, as_of: str | None) -> RunResult:
+                run_id: str, now: dt.datetime, as_of: str | None, held: lease.Lease) -> RunResult:
     strategies = bus.list("strategies")
     if options.strategies is not None:
         unknown = sorted(set(options.strategies) - set(strategies))
@@ -347,7 +347,8 @@ def _run_stages(bus: Bus, audit: AuditStore, settings: Settings, options: Option
         links = [audit.link(run.names[k]) for k in run.keys]
         stages.append(run.single("commander", {
             "execution_id": execution_id, "dry_run": options.dry_run, "trigger": options.trigger,
-            "window_start": options.window_start, "notebooks": links, "audit_url": settings.audit},
+            "window_start": options.window_start, "notebooks": links, "audit_url": settings.audit,
+            **held.to_params()},
             warm["commander"]))
     finally:
         for future in warm.values():
@@ -404,7 +405,7 @@ def approve(settings: Settings, execution_id: str, progress: Progress | None = N
         return RunResult(EXIT_FAILED, "failed", f"cannot open the bus: {err}")
     owner = f"approve-{execution_id}"
     try:
-        lease.acquire(bus, settings.mode, owner, dt.timedelta(minutes=10), now)
+        held = lease.acquire(bus, settings.mode, owner).start_heartbeat()
     except lease.LeaseHeldError as err:
         return RunResult(EXIT_LOCKED, "locked", str(err))
     try:
@@ -412,14 +413,14 @@ def approve(settings: Settings, execution_id: str, progress: Progress | None = N
         start = sessions.window_start(now, config.get("freshMinutes"))
         expected = (bus.get(docs.mode_config_path(settings.mode)) or {}).get("account")
         record = execution.approve(bus, lambda: open_broker(settings.broker, settings.mode, expected),
-                                   execution_id, now, start)
+                                   execution_id, now, start, lease=held, audit=open_audit(settings.audit))
     except execution.ApprovalRefused as err:
         progress.log(f"approval refused: {err}", "error")
         return RunResult(EXIT_FAILED, "refused", f"approval refused, nothing placed: {err}", execution_id=execution_id)
     except (BusError, PipelineError) as err:
         return RunResult(EXIT_FAILED, "failed", str(err), execution_id=execution_id)
     finally:
-        lease.release(bus, settings.mode, owner)
+        held.release()
         bus.close()
     code = EXIT_OK if record["status"] == "completed" else EXIT_FAILED
     return RunResult(code, record["status"], record["summary"], "", execution_id, record)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lib import execution
+from lib import blobs, execution
 from lib.audit import open_audit
 from lib.broker.base import Contract, OrderRequest
 from lib.broker.sim import SimBroker
@@ -50,16 +50,28 @@ def test_account_guards_place_nothing(sim, kw, needle):
     assert sim.snapshot().holdings == [] and sim.snapshot().open_orders == []
 
 
-def test_unconfirmed_cancel_blocks_the_replacement_order(sim):
+def test_replacement_is_sized_from_what_the_cancelled_order_filled(sim):
     filled = sim.place_order(OrderRequest(contract=Contract("SPY"), action="BUY", quantity=4, order_ref="cmdr-exec-1"))
-    assert filled.status == "Filled"  # the snapshot below still thinks it is working
+    assert filled.status == "Filled"  # the snapshot below still thinks it is working, nothing filled
     stale = portfolio([], [order("SPY", "BUY", 4, order_id=filled.order_id, ref="cmdr-exec-1")], account=ACCOUNT)
     d = plan(target("SPY", 10), port=stale)
-    assert [c["orderId"] for c in d["cancels"]] == [filled.order_id]
-    result = place(sim, d)
-    assert result.cancels[0]["confirmed"] is False
+    assert [c["orderId"] for c in d["cancels"]] == [filled.order_id] and d["orders"][0]["quantity"] == 10
+    result = place(sim, d, snapshot=stale)
+    assert result.cancels[0]["confirmed"] is True and result.cancels[0]["status"] == "Filled"
+    assert result.orders_placed[0]["totalQuantity"] == 6 and result.orders_placed[0]["resized_from"] == 10
+    assert {h.contract.symbol: h.quantity for h in sim.snapshot().holdings} == {"SPY": 10}  # not 14
+
+
+def test_unconfirmed_cancel_blocks_the_replacement_order(sim, tmp_path):
+    resting = sim.place_order(OrderRequest(contract=Contract("SPY"), action="BUY", quantity=4, order_type="LMT",
+                                           limit_price=1.0, order_ref="cmdr-exec-1"))
+    snap = portfolio([], [order("SPY", "BUY", 4, order_id=resting.order_id, ref="cmdr-exec-1")], account=ACCOUNT)
+    d = plan(target("SPY", 10), port=snap)
+    sim.cancel_order = lambda order_id: None  # the cancel request is lost on its way: the order keeps working
+    result = place(sim, d, snapshot=snap, ack_timeout=0.2)
+    assert result.cancels[0]["confirmed"] is False and result.cancels[0]["status"] == "Submitted"
     assert result.orders_placed[0]["orderId"] is None and "not confirmed" in result.orders_placed[0]["error"]
-    assert {h.contract.symbol: h.quantity for h in sim.snapshot().holdings} == {"SPY": 4}  # not 14
+    assert [o.order_id for o in sim.snapshot().open_orders] == [resting.order_id]  # no second order
 
 
 def test_dropped_connection_stops_placement_and_keeps_what_was_sent(sim, monkeypatch):
@@ -75,19 +87,25 @@ def test_dropped_connection_stops_placement_and_keeps_what_was_sent(sim, monkeyp
 
     monkeypatch.setattr(sim, "place_order", flaky)
     result = place(sim, d)
-    assert result.status == "partial_success" and "connection lost" in result.reason
-    assert [r["orderId"] is not None for r in result.orders_placed] == [True, False, False]
+    assert result.status == "uncertain" and "connection lost" in result.reason
+    assert [r["status"] for r in result.orders_placed] == ["Filled", "uncertain", "NotPlaced"]
     assert "not placed: connection lost" in result.orders_placed[2]["error"]
 
 
-def test_large_inputs_spill_to_the_audit_store(tmp_path, monkeypatch):
-    monkeypatch.setattr(execution, "MAX_INLINE_BYTES", 100)
+def test_large_parts_spill_to_the_audit_store_content_addressed(tmp_path):
     d = plan(target("SPY", 1))
     gathered = {"inputs": inputs({"a": strategy(1.0)}, {"a": intent(target("SPY", 1))}), "context": {}}
     store = open_audit(str(tmp_path / "runs"))
-    record = execution.build_record(execution_id="exec-2", now=dt.datetime.now(dt.timezone.utc), mode="paper",
+    whole = execution.build_record(execution_id="exec-2", now=dt.datetime.now(dt.timezone.utc), mode="paper",
         trigger="manual", run_id="r", gathered=gathered,
-        decision=d, result=execution.PlacementResult("dry_run", "", [], []), notebooks=[],
-        spill=lambda name, data: store.put_bytes(name, data))
-    assert "inputs" not in record and record["inputs_ref"].endswith("inputs/exec-2.json")
-    assert json.loads(open(record["inputs_ref"]).read())["execution_id"] == "exec-2"
+        decision=d, result=execution.PlacementResult("dry_run", "", [], []), notebooks=[], audit=store)
+    assert "parts_ref" not in whole  # small records stay whole
+    record = blobs.fit(whole, store, limit=blobs.size(whole) - 1)
+    ref = record["parts_ref"]["inputs"]
+    assert "inputs" not in record and ref["ref"].endswith(f"blobs/{ref['sha256']}.json")
+    assert json.loads(open(ref["ref"]).read())["execution_id"] == "exec-2"
+    assert blobs.load(record)["inputs"] == json.loads(json.dumps(whole["inputs"]))
+    assert blobs.fit(whole, store, limit=blobs.size(whole) - 1) == record  # same content, same blob: harmless
+    open(ref["ref"], "w").write("{}")  # a damaged part is refused, never used
+    with pytest.raises(blobs.BlobError, match="sha256"):
+        blobs.load(record)

@@ -7,13 +7,20 @@ __all__ = ["InputError", "decide", "replay"]
 def replay(record: dict) -> dict:
     """Re-derive the decision from an execution record's stored inputs.
 
-    Inputs spilled to the audit store (`inputs_ref`) are read back from it.
+    Parts spilled to the audit store (`parts_ref`, or an older record's `inputs_ref`) are read back
+    from it, each checked against its sha256.
     Returns {"match": bool, "orders_match": bool, "recorded_orders": [...], "replayed_orders": [...],
     "decision": {...}}. Raises InputError when the record holds no inputs.
     """
     import json
 
     from lib.canonical import dumps
+    if isinstance(record, dict) and record.get("parts_ref"):
+        from lib.blobs import BlobError, load
+        try:
+            record = load(record)
+        except BlobError as exc:
+            raise InputError(f"execution record: field 'parts_ref': {exc}") from None
     inputs = record.get("inputs") if isinstance(record, dict) else None
     if inputs is None and isinstance(record, dict) and record.get("inputs_ref"):
         from lib.audit import AuditError, read_link

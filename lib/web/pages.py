@@ -29,7 +29,8 @@ from lib.web import records, viewer
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 router = APIRouter()
-STATUSES = ["completed", "partial_success", "failed", "dry_run", "disabled", "awaiting_approval", "approving"]
+STATUSES = ["completed", "partial_success", "failed", "dry_run", "disabled", "awaiting_approval", "approving",
+            "placing", "uncertain", "interrupted"]
 
 
 def _blank(value) -> bool:
