@@ -184,7 +184,7 @@ class ExecutionRecord(_Loose):
     mode: Literal["paper", "live"]
     trigger: Literal["scheduled", "manual", "approval", "replay"] = "manual"
     status: Literal["completed", "partial_success", "failed", "dry_run", "disabled", "awaiting_approval",
-                    "approving"]
+                    "approving", "placing", "uncertain", "interrupted"]
     summary: str = ""
     placed_orders: bool = False
     context: dict[str, Any] = {}
