@@ -178,8 +178,8 @@ def test_limit_orders_offset_and_tick_sells_first():
     d = decide(inputs({"a": strategy(1.0)}, {"a": intent(target("SPY", 10, price=100.007), target("TLT", -5, price=50.003))},
                       cfg=config(orders__type="LMT", orders__limit_offset_bps=10.0, orders__tif="GTC")))
     assert [(o["action"], o["lmtPrice"], o["tif"], o["orderRef"]) for o in d["orders"]] == [
-        ("SELL", 49.96, "GTC", "cmdr-exec-2"),  # 50.003 × 0.999 = 49.95300 → up to 49.96
-        ("BUY", 100.1, "GTC", "cmdr-exec-2"),  # 100.007 × 1.001 = 100.107 → down to 100.10
+        ("SELL", 49.96, "GTC", "cmdr-exec-2-1"),  # 50.003 × 0.999 = 49.95300 → up to 49.96
+        ("BUY", 100.1, "GTC", "cmdr-exec-2-2"),  # 100.007 × 1.001 = 100.107 → down to 100.10
     ]
 
 

@@ -62,7 +62,7 @@ def test_staging_dry_run_then_real(staging):
     assert real.status == "completed"
     placed = real.record["orders_placed"]
     assert placed and all(o["status"] in ("PreSubmitted", "Submitted", "Filled") and not o["error"] for o in placed)
-    assert {o["orderRef"] for o in placed} == {f"cmdr-{real.execution_id}"}
+    assert sorted(o["orderRef"] for o in placed) == [f"cmdr-{real.execution_id}-{n}" for n in range(1, len(placed) + 1)]
     deadline = time.monotonic() + 10
     while any(o.status != "Filled" for o in gateway.orders()) and time.monotonic() < deadline:
         time.sleep(0.1)  # the fake fills market orders a moment after acknowledging them

@@ -599,6 +599,10 @@ def _decide(inputs: Mapping[str, Any]) -> dict:
                                args.execution_id, config.orders)
             (buys if c["delta"] > 0 else sells).append(order)
     decision["orders"] = sells + buys
+    # Each planned order's own reference, n = its place in the plan: the broker's orders, completed
+    # orders and executions then say exactly which planned orders reached it (IB does not dedupe).
+    for n, order in enumerate(decision["orders"], start=1):
+        order["orderRef"] = f"{config.orders.order_ref_prefix}{args.execution_id}-{n}"
     decision["trading_state"] = "halted" if not config.tradingEnabled else config.tradingState
     decision["approval"] = limits.approval(decision["orders"], config, nav)
     decision["instruments"] = {k: catalog.contracts[k] for k in sorted(final)}
