@@ -2,6 +2,8 @@
 """The scheduled entry point: strategies → reconcile → commander, each notebook kept as the audit.
 
     python run_pipeline.py approve EXECUTION_ID [--mode M] [--bus URL] [--broker URL]
+    python run_pipeline.py commander [--reconcile] [--dry-run] [--mode M] [--bus URL] [--broker URL]
+                           [--audit URL] [--window-start ISO] [--lease-seconds S]
     python run_pipeline.py [--strategies a,b] [--dry-run] [--no-reconcile] [--mode paper|live]
                            [--bus URL] [--broker URL] [--audit URL] [--as-of DATE]
                            [--trigger scheduled|manual] [--window-start ISO] [--force]
@@ -56,10 +58,32 @@ def approve_main(argv: list[str]) -> int:
     return result.exit_code
 
 
+def commander_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_pipeline.py commander",
+                                description="Run the Commander alone (optionally after reconcile), without notebooks.")
+    p.add_argument("--reconcile", action="store_true", help="snapshot the broker first")
+    p.add_argument("--dry-run", action="store_true", help="compute and record the plan, place nothing")
+    for flag in ("--mode", "--bus", "--broker", "--audit", "--window-start"):
+        p.add_argument(flag)
+    p.add_argument("--lease-seconds", type=float, default=90.0, help="lease time to live, renewed while alive (90)")
+    args = p.parse_args(argv)
+    try:
+        settings = resolve({"mode": args.mode, "bus": args.bus, "broker": args.broker, "audit": args.audit})
+    except ValueError as err:
+        print(f"run_pipeline.py: {err}", file=sys.stderr)
+        return pipeline.EXIT_USAGE
+    result = pipeline.commander(settings, dry_run=args.dry_run, reconcile=args.reconcile,
+                                lease_seconds=args.lease_seconds, window_start=args.window_start)
+    print(pipeline.report(result))
+    return result.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["approve"]:
         return approve_main(argv[1:])
+    if argv[:1] == ["commander"]:
+        return commander_main(argv[1:])
     args = parse(argv)
     try:
         settings = resolve({"mode": args.mode, "bus": args.bus, "broker": args.broker, "audit": args.audit})

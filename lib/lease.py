@@ -33,7 +33,8 @@ class LeaseLostError(PipelineError):
 
 
 def _host() -> str:
-    return socket.gethostname()
+    """This machine's name in a lease; `$COMMANDER_HOST_ID` overrides it where hostnames collide."""
+    return os.environ.get("COMMANDER_HOST_ID") or socket.gethostname()
 
 
 def _process_gone(pid: int) -> bool:

@@ -392,6 +392,57 @@ def report(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def commander(settings: Settings, *, dry_run: bool = False, reconcile: bool = False,
+              lease_seconds: float = 90.0, window_start: str | None = None, trigger: str = "manual",
+              progress: Progress | None = None) -> RunResult:
+    """`run_pipeline.py commander`: reconcile (optional) and the Commander, without notebooks.
+
+    For an operator who wants one decision now, and for the crash-safety suite. It takes the lease
+    itself (and resolves any unfinished execution first, as every Commander run does).
+    """
+    from lib import execution
+    from lib.broker import open_broker
+    from lib.reconcile import snapshot_to_bus
+    progress = progress or Progress()
+    now = dt.datetime.now(UTC)
+    execution_id = new_execution_id(now, secrets.token_hex(3))
+    try:
+        bus = open_bus(settings.bus)
+        audit = open_audit(settings.audit)
+    except (BusError, AuditError, ValueError) as err:
+        return RunResult(EXIT_FAILED, "failed", f"cannot open the bus or the audit store: {err}")
+    try:
+        held = None if dry_run else lease.acquire(
+            bus, settings.mode, f"commander-{execution_id}", dt.timedelta(seconds=lease_seconds)).start_heartbeat()
+    except lease.LeaseHeldError as err:
+        bus.close()
+        return RunResult(EXIT_LOCKED, "locked", str(err), execution_id=execution_id)
+    try:
+        expected = (bus.get(docs.mode_config_path(settings.mode)) or {}).get("account")
+        opener = lambda: open_broker(settings.broker, settings.mode, expected)  # noqa: E731
+        if reconcile:
+            with opener() as broker:
+                snap = snapshot_to_bus(broker, bus, settings.mode, expected)
+            progress.log(f"reconciled {snap['account']}: {len(snap['holdings'])} holdings, "
+                         f"{len(snap['open_orders'])} open orders")
+        config = bus.get(docs.common_config_path()) or {}
+        start = sessions.window_start(now, config.get("freshMinutes"),
+                                      dt.datetime.fromisoformat(window_start.replace("Z", "+00:00")) if window_start else None)
+        record = execution.run_commander(bus, opener, mode=settings.mode, execution_id=execution_id, now=now,
+                                         window_start=start, dry_run=dry_run, trigger=trigger, run_id=execution_id,
+                                         notebooks=[], audit=audit, lease=held)
+    except (BusError, PipelineError) as err:
+        progress.log(f"commander failed: {err}", "error")
+        return RunResult(EXIT_FAILED, "failed", str(err), execution_id=execution_id)
+    finally:
+        if held is not None:
+            held.release()
+        bus.close()
+    ok = record["status"] in ("completed", "dry_run", "disabled", "awaiting_approval")
+    return RunResult(EXIT_OK if ok else EXIT_FAILED, record["status"], record["summary"], execution_id,
+                     execution_id, record)
+
+
 def approve(settings: Settings, execution_id: str, progress: Progress | None = None,
             now: dt.datetime | None = None) -> RunResult:
     """`run_pipeline.py approve EXECUTION_ID`: place exactly an awaiting plan, under the lease."""
