@@ -24,7 +24,15 @@ from lib.settings import resolve
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="run_pipeline.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="run_pipeline.py", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="other commands:\n"
+               "  run_pipeline.py approve EXECUTION_ID      place exactly a plan awaiting approval\n"
+               "  run_pipeline.py commander [--reconcile]   the Commander alone, without notebooks\n"
+               "  python -m lib.ops --help                  operator commands: strategies, config, halt/resume,\n"
+               "                                            trading-state, executions, approvals, lock, operations\n"
+               "exit codes: 0 success, dry run, trading disabled or exchange closed; 1 failure; 2 bad usage;\n"
+               "            3 another run holds the lease")
     p.add_argument("--strategies", help="comma-separated strategy ids (default: every enabled strategy)")
     p.add_argument("--dry-run", action="store_true", help="compute and record the plan, place nothing")
     p.add_argument("--no-reconcile", dest="reconcile", action="store_false", help="skip the reconcile stage")
