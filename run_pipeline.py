@@ -49,6 +49,33 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_dates(args: argparse.Namespace) -> str | None:
+    """What is wrong with --as-of or --window-start, before any stage runs (exit 2), or None."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+    today = dt.datetime.now(ZoneInfo("America/New_York")).date()
+    if args.as_of:
+        try:
+            day = dt.date.fromisoformat(args.as_of)
+        except ValueError:
+            return f"--as-of {args.as_of!r} is not a date (YYYY-MM-DD)"
+        if day > today:
+            return f"--as-of {day} is in the future (today is {today} in New York)"
+        if (args.broker or "").startswith("sim") or not args.broker:
+            from lib.broker.sim import load_market
+            market = load_market()
+            if not market.first <= day <= market.last:
+                return f"--as-of {day} is outside the simulator's bars ({market.first} … {market.last})"
+    if args.window_start:
+        try:
+            start = dt.datetime.fromisoformat(args.window_start.replace("Z", "+00:00"))
+        except ValueError:
+            return f"--window-start {args.window_start!r} is not an ISO-8601 time (e.g. 2026-12-02T21:00:00Z)"
+        if start.tzinfo is None:
+            return f"--window-start {args.window_start!r} has no time zone (add Z or +00:00)"
+    return None
+
+
 def approve_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="run_pipeline.py approve",
                                 description="Place exactly the plan of an execution awaiting approval.")
@@ -97,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = resolve({"mode": args.mode, "bus": args.bus, "broker": args.broker, "audit": args.audit})
     except ValueError as err:
         print(f"run_pipeline.py: {err}", file=sys.stderr)
+        return pipeline.EXIT_USAGE
+    problem = check_dates(args)
+    if problem:
+        print(f"run_pipeline.py: {problem}", file=sys.stderr)
         return pipeline.EXIT_USAGE
     options = pipeline.Options(
         strategies=[s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None,

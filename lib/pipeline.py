@@ -207,6 +207,12 @@ def run(settings: Settings, options: Options, progress: Progress | None = None,
 
     is_sim = settings.broker.startswith("sim")
     day = dt.date.fromisoformat(options.as_of) if options.as_of else now.astimezone(EXCHANGE_TZ).date()
+    clock = _sim_clock(settings) if is_sim and not options.as_of else None
+    if clock and clock > sessions.last_session_on_or_before(day):
+        # The simulator only moves forward: after one run with a later --as-of, run at its clock.
+        progress.log(f"the simulator's clock is at {clock}, ahead of today ({day}): running at the simulator's clock")
+        options = dataclasses.replace(options, as_of=clock.isoformat())
+        day = clock
     if not sessions.is_session(day) and not options.force:
         msg = f"{day} is not a trading session of the exchange (XNYS): nothing to do (use --force to run anyway)"
         progress.log(msg)
@@ -231,6 +237,23 @@ def run(settings: Settings, options: Options, progress: Progress | None = None,
         except BusError:
             progress.log(f"could not release {docs.lock_path(settings.mode)}; it expires by itself", "warn")
         bus.close()
+
+
+def _sim_clock(settings: Settings) -> dt.date | None:
+    """The simulator's stored clock (None when its file does not exist yet)."""
+    from lib.broker.sim import SimBroker
+    base = settings.broker.partition("?")[0]
+    path = Path(base[len("sim:///"):]) if base.startswith("sim:///") else None
+    if path is None:
+        from lib.broker.sim import DEFAULT_DB
+        path = Path(DEFAULT_DB)
+    if not path.exists():
+        return None
+    try:
+        with SimBroker.from_url(settings.broker.partition("?")[0], mode=settings.mode) as sim:
+            return sim.as_of()
+    except (PipelineError, ValueError):
+        return None
 
 
 class _Run:
@@ -374,7 +397,7 @@ def report(result: RunResult) -> str:
     decision = rec.get("decision") or {}
     if decision.get("skipped"):
         lines.append("  skipped strategies:")
-        lines += [f"    {s['strategy']:<24} {s['reason']:<9} {s.get('action', ''):<20} {s['detail'][:90]}"
+        lines += [f"    {s['strategy']:<24} {s['reason']:<9} {s.get('action', ''):<20} {s['detail']}"
                   for s in decision["skipped"]]
     orders = rec.get("orders_placed") or decision.get("orders") or []
     if orders:

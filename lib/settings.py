@@ -57,4 +57,17 @@ def resolve(flags: Mapping[str, str | None] | None = None, environ: Mapping[str,
             values[key], sources[key] = default, "default"
     if values["mode"] not in MODES:
         raise ValueError(f"mode {values['mode']!r} ({sources['mode']}) is not one of {', '.join(MODES)}")
+    _check_schemes(values, sources)
     return Settings(sources=sources, **values)
+
+
+def _check_schemes(values: Mapping[str, str], sources: Mapping[str, str]) -> None:
+    """Refuse an unknown URL scheme here, before any stage runs, not inside each notebook."""
+    bus, broker, audit = values["bus"], values["broker"], values["audit"]
+    if not (bus.startswith("sqlite:///") or bus.startswith("firestore://")):
+        raise ValueError(f"bus {bus!r} ({sources['bus']}): expected sqlite:///PATH or firestore://PROJECT[/DATABASE]")
+    if not (broker == "sim" or broker.startswith(("sim:///", "sim?", "ib://"))):
+        raise ValueError(f"broker {broker!r} ({sources['broker']}): expected sim, sim:///PATH or "
+                         "ib://HOST:PORT?client_id=N")
+    if "://" in audit and not audit.startswith("gs://"):
+        raise ValueError(f"audit {audit!r} ({sources['audit']}): expected a local folder like runs/ or gs://BUCKET/PREFIX")

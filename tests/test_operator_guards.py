@@ -1,0 +1,41 @@
+"""Bad flags and URLs stop a run before any stage (exit 2); a simulator clock ahead of today is followed."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from lib.broker.sim import SimBroker
+from tests.crash_harness import ROOT
+from tests.pipeline_env import PipelineEnv
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--as-of", "tomorrow"], "is not a date"),
+    (["--as-of", "2099-01-02"], "is in the future"),
+    (["--as-of", "2019-01-02"], "outside the simulator's bars"),
+    (["--window-start", "yesterday"], "not an ISO-8601 time"),
+    (["--window-start", "2026-12-02T21:00:00"], "has no time zone"),
+    (["--broker", "ftp://x"], "broker 'ftp://x' (flag): expected sim"),
+    (["--bus", "redis://x"], "bus 'redis://x' (flag): expected sqlite"),
+    (["--audit", "s3://b/p"], "audit 's3://b/p' (flag): expected a local folder"),
+])
+def test_bad_flags_exit_2_before_any_stage(tmp_path, args, needle):
+    base = ["--bus", f"sqlite:///{tmp_path / 'bus.sqlite'}", "--broker", f"sim:///{tmp_path / 'sim.sqlite'}",
+            "--audit", str(tmp_path / "runs")]
+    done = subprocess.run([sys.executable, "run_pipeline.py", *base, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and needle in done.stderr, done.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "bus.sqlite").exists()  # nothing ran
+
+
+def test_a_simulator_clock_ahead_of_today_is_followed_and_said(tmp_path):
+    env = PipelineEnv.embedded(tmp_path)
+    ahead = "2027-11-19"  # the last bundled session: after any day this suite runs on
+    with SimBroker(tmp_path / "sim.sqlite", as_of=ahead):
+        pass
+    result = env.run(as_of=None, strategies=[])
+    assert result.exit_code == 0, result.message
+    log = (tmp_path / "pipeline.log").read_text()
+    assert f"the simulator's clock is at {ahead}" in log and "running at the simulator's clock" in log
