@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
@@ -31,6 +32,15 @@ app = FastAPI(title="Commander pipeline", version="0.1.0")
 install(app)
 
 STATUS_CODES = {pipeline.EXIT_OK: 200, pipeline.EXIT_USAGE: 400, pipeline.EXIT_LOCKED: 409}
+
+
+@app.exception_handler(RequestValidationError)
+async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """400, not FastAPI's 422: the documented answer for bad input, naming the field."""
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    what = "is not a known field" if first.get("type") == "extra_forbidden" else first.get("msg", "is invalid")
+    return JSONResponse({"status": "failed", "message": f"request body: field '{where}' {what}"}, status_code=400)
 
 
 class OrchestratorRequest(BaseModel):
@@ -50,7 +60,13 @@ def healthz() -> dict:
 
 @app.post("/orchestrator")
 def orchestrator(body: OrchestratorRequest) -> JSONResponse:
+    import argparse
+
+    from run_pipeline import check_dates
     settings = resolve()
+    problem = check_dates(argparse.Namespace(as_of=body.asOf, window_start=None, broker=settings.broker))
+    if problem:
+        return JSONResponse({"status": "failed", "message": problem.replace("--as-of", "asOf")}, status_code=400)
     options = pipeline.Options(strategies=body.strategies, dry_run=body.dryRun, reconcile=body.runReconcile,
                                trigger=body.trigger, as_of=body.asOf)
     result = pipeline.run(settings, options, Progress(json_lines=True))

@@ -37,6 +37,9 @@ def test_orchestrator_seed_body_dry_run(client):
 
 def test_orchestrator_rejects_unknown_fields_and_strategies(client):
     c, _ = client
-    assert c.post("/orchestrator", json={"dryrun": True}).status_code == 422
+    bad = c.post("/orchestrator", json={"dryrun": True})
+    assert bad.status_code == 400 and bad.json()["message"] == "request body: field 'dryrun' is not a known field"
+    future = c.post("/orchestrator", json={"dryRun": True, "asOf": "2099-01-02"})
+    assert future.status_code == 400 and "asOf 2099-01-02 is in the future" in future.json()["message"]
     res = c.post("/orchestrator", json={"strategies": ["nope"], "dryRun": True, "asOf": "2026-11-20"})
     assert res.status_code == 400 and "unknown strategies" in res.json()["message"]
