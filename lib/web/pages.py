@@ -156,7 +156,12 @@ def _record(bus, execution_id: str) -> dict:
         record = None
     if record is None:
         raise HTTPException(404, f"no execution {execution_id!r}")
-    return record
+    from lib import blobs
+    try:
+        return blobs.load(record)  # a large record's parts live in the audit store
+    except blobs.BlobError as err:
+        record.setdefault("warnings", []).append(f"part of this record could not be read back: {err}")
+        return record
 
 
 @router.get("/executions/{execution_id}", response_class=HTMLResponse)
