@@ -75,3 +75,13 @@ class OrderRejectedError(BrokerError):
 
 class BrokerTimeoutError(BrokerError):
     """The broker did not answer in time."""
+
+
+class SendUncertainError(BrokerConnectionError):
+    """The connection dropped after an order was sent and before the broker acknowledged it: the
+    order may or may not have reached the broker. `order_id` and `order_ref` name it, so a later
+    run can look it up (by orderRef) instead of sending it again."""
+
+    def __init__(self, message: str, order_id: int, order_ref: str):
+        self.order_id, self.order_ref = order_id, order_ref
+        super().__init__(message)

@@ -20,6 +20,13 @@ account summary, open / all open / completed orders, executions with commission 
 contract details for a few ETFs, daily historical bars, placeOrder (parsed field by field,
 including the what-if flag and every optional section), cancelOrder, global cancel,
 current time, next ids and managed accounts.
+
+Order ids behave as IB's do: a placeOrder reusing an id of an open order of the same client is a
+modification; one reusing an id of that client's finished order, or an unknown id at or below the
+highest id that client used, is refused with error 103 ("Duplicate order id") and not stored.
+The gateway survives `restart()` with all its state (optionally rolling nextValidId back, as real
+IB Gateway restarts have done), and fills, completed orders and executions that happen while no
+client is connected are reported to the clients that connect later.
 """
 from __future__ import annotations
 
@@ -138,6 +145,13 @@ class FieldReader:
         if left:
             raise ProtocolError(f"{self._what}: {left} unexpected trailing field(s): {self._fields[self._pos:]}")
 
+
+#: Order types whose lmtPrice field carries a limit.
+LIMIT_TYPES = ("LMT", "LOC", "STP LMT")
+#: Order types the gateway accepts.
+ORDER_TYPES = ("MKT", "LMT", "MOC", "LOC", "STP", "STP LMT", "TRAIL")
+#: Order types that fill during the continuous session (MOC/LOC wait for the closing auction).
+CONTINUOUS_TYPES = ("MKT", "LMT", "STP", "STP LMT")
 
 CONTRACT_KEYS = ("conId", "symbol", "secType", "lastTradeDateOrContractMonth", "strike", "right",
                  "multiplier", "exchange", "primaryExchange", "currency", "localSymbol", "tradingClass")
@@ -268,6 +282,9 @@ class FakeOrder:
     last_fill_price: float = 0.0
     commission_charged: float = 0.0
     completed_time: str = ""
+    aux_price: float | None = None  # stop price (STP, STP LMT), trailing amount (TRAIL)
+    parent_id: int = 0  # the parent's order id (same client) for a bracket child
+    oca_group: str = ""  # one-cancels-all group: a fill of one cancels the others
 
     @property
     def remaining(self) -> float:
@@ -323,9 +340,11 @@ class FakeGateway:
     """An in-memory IB Gateway on 127.0.0.1:<port>; use `start()`/`stop()` or `with`.
 
     Control methods (thread-safe, callable from the test thread): `set_price`, `set_bars`,
-    `set_account_values`, `inject_order`, `partial_fill`, `reject_next_order`,
-    `drop_connections`, `drop_after_orders`, `run_closing_auction`; inspection: `orders()`,
-    `positions()`, `parsed_orders`, `received`, `protocol_errors`.
+    `set_account_values`, `inject_order`, `partial_fill`, `reject_next_order`, `warn_next_order`,
+    `drop_connections`, `drop_after_orders`, `drop_before_ack`, `restart`, `delay_cancels`,
+    `delay_fill_reports`, `refuse_cancels_with`, `forget_completed_orders`,
+    `run_closing_auction`; inspection: `orders()`, `positions()`, `received_refs()`,
+    `parsed_orders`, `received`, `protocol_errors`.
     """
 
     def __init__(self, account: str = "DU1234567", cash: float = 1_000_000.0,
@@ -354,8 +373,15 @@ class FakeGateway:
         self._next_order_id = 1
         self._next_perm_id = 1_000_000_001
         self._next_exec = 1
-        self._reject_next: str | None = None
+        self._reject_next: tuple[int, str] | None = None
+        self._warn_next: list[tuple[int, str]] = []
         self._drop_after: int | None = None
+        self._drop_before_ack: int | None = None
+        self._max_id_used: dict[int, int] = {}  # client id -> highest order id it placed
+        self._cancel_delay = 0.0
+        self._fill_report_delay = 0.0
+        self._cancel_refusal_code = 10148
+        self._forgotten: set[int] = set()  # perm ids left out of completed orders
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
@@ -452,19 +478,40 @@ class FakeGateway:
         self._call(setattr, self, "account", account)
 
     def inject_order(self, symbol: str, action: str, quantity: float, limit_price: float | None,
-                     order_ref: str = "manual", client_id: int = 0, tif: str = "DAY") -> FakeOrder:
+                     order_ref: str = "manual", client_id: int = 0, tif: str = "DAY",
+                     order_type: str | None = None, aux_price: float | None = None,
+                     parent_id: int = 0, oca_group: str = "") -> FakeOrder:
         """Place a resting order as another API client, or as a manual TWS order (client id 0,
-        order id 0, identified by its permId). Returns a copy of the gateway's order."""
-        return self._call(self._inject_order, symbol, action, float(quantity), limit_price, order_ref, client_id, tif)
+        order id 0, identified by its permId). Returns a copy of the gateway's order.
+
+        `order_type` defaults to LMT with a limit price, MKT without; "STP", "STP LMT" and "TRAIL"
+        take `aux_price` (the stop price; TRAIL: the trailing amount). `parent_id` (the parent's
+        order id, same client) makes a bracket child that works only once its parent filled;
+        orders sharing an `oca_group` cancel each other when one fills.
+        """
+        if order_type is None:
+            order_type = "LMT" if limit_price is not None else "MKT"
+        if order_type not in ("MKT", "LMT", "STP", "STP LMT", "TRAIL", "MOC", "LOC"):
+            raise ValueError(f"unsupported order type {order_type!r}")
+        if order_type in ("STP", "STP LMT", "TRAIL") and not aux_price:
+            raise ValueError(f"a {order_type} order needs aux_price")
+        return self._call(self._inject_order, symbol, action, float(quantity), limit_price, order_ref, client_id, tif,
+                          order_type, aux_price, int(parent_id), oca_group)
 
     def partial_fill(self, order_id: int, quantity: float, client_id: int | None = None,
                      perm_id: int | None = None) -> None:
         """Fill `quantity` of an open order (at its limit for LMT, at the market otherwise)."""
         self._call(self._partial_fill, order_id, float(quantity), client_id, perm_id)
 
-    def reject_next_order(self, message: str = "rejected by the fake gateway") -> None:
-        """The next placeOrder is answered with error 201 ("Order rejected - reason: ...")."""
-        self._call(setattr, self, "_reject_next", message)
+    def reject_next_order(self, message: str = "rejected by the fake gateway", code: int = 201) -> None:
+        """The next placeOrder is answered with error 201 ("Order rejected - reason: ...") and
+        status Inactive; another `code` (e.g. 203) sends that error with `message` alone."""
+        self._call(setattr, self, "_reject_next", (int(code), message))
+
+    def warn_next_order(self, code: int, message: str) -> None:
+        """Before acknowledging the next placeOrder, send it this informational error (e.g. 399,
+        404, 2109, 10349); the order is accepted and works as usual. Calls accumulate."""
+        self._call(self._warn_next.append, (int(code), message))
 
     def drop_connections(self) -> None:
         """Close every client socket now (the gateway keeps its orders and accepts reconnects)."""
@@ -473,6 +520,45 @@ class FakeGateway:
     def drop_after_orders(self, n: int) -> None:
         """Drop every client socket right after the next `n` placeOrders are acknowledged."""
         self._call(setattr, self, "_drop_after", int(n))
+
+    def drop_before_ack(self, k: int = 1) -> None:
+        """When the k-th next placeOrder arrives, accept it (it works and may fill) but close every
+        client socket before sending its openOrder/orderStatus: the sender cannot know it arrived."""
+        self._call(setattr, self, "_drop_before_ack", int(k))
+
+    def restart(self, next_order_id: int | None = None) -> None:
+        """Close every client socket and the listener, then listen again on the same port.
+
+        Orders, executions, positions and cash survive. With `next_order_id`, nextValidId starts
+        there again (rolled back, as real IB Gateway restarts have done); ids a client already
+        used are still refused with error 103.
+        """
+        if self._loop is None or not self._loop.is_running():
+            raise RuntimeError("the fake gateway is not running")
+        asyncio.run_coroutine_threadsafe(self._restart(next_order_id), self._loop).result(10)
+
+    def delay_cancels(self, seconds: float) -> None:
+        """Confirm cancels only after `seconds`: the order reads PendingCancel until then, and a
+        second cancel meanwhile is refused like one of a finished order (`refuse_cancels_with`)."""
+        self._call(setattr, self, "_cancel_delay", float(seconds))
+
+    def delay_fill_reports(self, seconds: float) -> None:
+        """Report fills (execDetails, orderStatus, commission) to the order's owner only after
+        `seconds`: the gateway's order is filled at once, its owner learns it late."""
+        self._call(setattr, self, "_fill_report_delay", float(seconds))
+
+    def refuse_cancels_with(self, code: int) -> None:
+        """The error that answers a cancel of an order that is not cancellable (finished, or
+        already cancelling): 10148 (default, "... can not be cancelled, state: ...") or 161
+        ("Cancel attempted when order is not in a cancellable state")."""
+        if code not in (161, 10148):
+            raise ValueError("IB refuses such cancels with 161 or 10148")
+        self._call(setattr, self, "_cancel_refusal_code", int(code))
+
+    def forget_completed_orders(self) -> None:
+        """Leave every order finished so far out of reqCompletedOrders (their executions stay), as
+        when IB's completed-orders list no longer holds them."""
+        self._call(lambda: self._forgotten.update(p for p, o in self.orders_by_perm.items() if not o.is_open))
 
     def run_closing_auction(self) -> None:
         """Fill MOC orders at the current price and LOC orders whose limit it crosses; cancel the other LOCs."""
@@ -488,6 +574,11 @@ class FakeGateway:
     def place_order_count(self) -> int:
         """How many placeOrder messages reached the gateway (what-if ones included)."""
         return self._call(lambda: sum(1 for _cid, f in self.received if f and f[0] == "3"))
+
+    def received_refs(self) -> list[str]:
+        """The orderRef of every placeOrder that reached the gateway, in arrival order: new
+        orders, modifications and refused ones (103, 200, 201) alike; what-if requests left out."""
+        return self._call(lambda: [p["orderRef"] for p in self.parsed_orders if not p["whatIf"]])
 
     def connected_client_ids(self) -> list[int]:
         return self._call(lambda: sorted(c.client_id for c in self._conns if not c.closed and c.client_id is not None))
@@ -564,6 +655,16 @@ class FakeGateway:
     def _drop_all(self) -> None:
         for conn in list(self._conns):
             conn.close()
+
+    async def _restart(self, next_order_id: int | None) -> None:
+        self._drop_all()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if next_order_id is not None:
+            self._next_order_id = int(next_order_id)
+        # start_server sets SO_REUSEADDR: the port is free again at once.
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
     # ---- start-up and account ------------------------------------------------------------------
     def _on_start_api(self, conn: _Conn, fields: list[str]) -> None:
@@ -711,15 +812,19 @@ class FakeGateway:
                      ("localSymbol", i.symbol), ("tradingClass", i.symbol))
 
     def _lmt(self, o: FakeOrder) -> Any:
-        return o.lmt_price if o.order_type in ("LMT", "LOC") and o.lmt_price is not None else ""
+        return o.lmt_price if o.order_type in LIMIT_TYPES and o.lmt_price is not None else ""
+
+    @staticmethod
+    def _aux(o: FakeOrder) -> Any:
+        return o.aux_price if o.aux_price is not None else ""
 
     def _open_order_fields(self, o: FakeOrder, what_if: dict[str, Any] | None = None) -> list[Any]:
         """openOrder (5), laid out as ib_async's Decoder.openOrder reads it at this server version."""
         f = [5, o.order_id] + self._order_contract(o) + named(
             ("action", o.action), ("totalQuantity", qty(o.total_qty)), ("orderType", o.order_type),
-            ("lmtPrice", self._lmt(o)), ("auxPrice", ""), ("tif", o.tif), ("ocaGroup", ""),
-            ("account", o.account), ("openClose", ""), ("origin", 0), ("orderRef", o.order_ref),
-            ("clientId", o.client_id), ("permId", o.perm_id), ("outsideRth", False),
+            ("lmtPrice", self._lmt(o)), ("auxPrice", self._aux(o)), ("tif", o.tif),
+            ("ocaGroup", o.oca_group), ("account", o.account), ("openClose", ""), ("origin", 0),
+            ("orderRef", o.order_ref), ("clientId", o.client_id), ("permId", o.perm_id), ("outsideRth", False),
             ("hidden", False), ("discretionaryAmt", 0.0), ("goodAfterTime", ""),
             ("sharesAllocation", ""), ("faGroup", ""), ("faMethod", ""), ("faPercentage", ""))
         if self.version < 177:
@@ -730,7 +835,7 @@ class FakeGateway:
             ("auctionStrategy", 0), ("startingPrice", ""), ("stockRefPrice", ""), ("delta", ""),
             ("stockRangeLower", ""), ("stockRangeUpper", ""), ("displaySize", 0), ("blockOrder", False),
             ("sweepToFill", False), ("allOrNone", False), ("minQty", ""), ("ocaType", 3),
-            ("eTradeOnly", False), ("firmQuoteOnly", False), ("nbboPriceCap", ""), ("parentId", 0),
+            ("eTradeOnly", False), ("firmQuoteOnly", False), ("nbboPriceCap", ""), ("parentId", o.parent_id),
             ("triggerMethod", 0), ("volatility", ""), ("volatilityType", 0),
             ("deltaNeutralOrderType", ""), ("deltaNeutralAuxPrice", ""),
             ("continuousUpdate", False), ("referencePriceType", 0), ("trailStopPrice", ""),
@@ -764,9 +869,9 @@ class FakeGateway:
         """completedOrder (101), laid out as ib_async's Decoder.completedOrder reads it."""
         f = [101] + self._order_contract(o) + named(
             ("action", o.action), ("totalQuantity", qty(o.total_qty)), ("orderType", o.order_type),
-            ("lmtPrice", self._lmt(o)), ("auxPrice", ""), ("tif", o.tif), ("ocaGroup", ""),
-            ("account", o.account), ("openClose", ""), ("origin", 0), ("orderRef", o.order_ref),
-            ("permId", o.perm_id), ("outsideRth", False), ("hidden", False),
+            ("lmtPrice", self._lmt(o)), ("auxPrice", self._aux(o)), ("tif", o.tif),
+            ("ocaGroup", o.oca_group), ("account", o.account), ("openClose", ""), ("origin", 0),
+            ("orderRef", o.order_ref), ("permId", o.perm_id), ("outsideRth", False), ("hidden", False),
             ("discretionaryAmt", 0.0), ("goodAfterTime", ""), ("faGroup", ""), ("faMethod", ""),
             ("faPercentage", ""))
         if self.version < 177:
@@ -790,16 +895,20 @@ class FakeGateway:
             ("dontUseAutoPriceForHedge", True), ("isOmsContainer", False), ("autoCancelDate", ""),
             ("filledQuantity", qty(o.filled)), ("refFuturesConId", 0), ("autoCancelParent", False),
             ("shareholder", ""), ("imbalanceOnly", False), ("routeMarketableToBbo", False),
-            ("parentPermId", 0), ("completedTime", o.completed_time),
+            ("parentPermId", self._parent_perm_id(o)), ("completedTime", o.completed_time),
             ("completedStatus", completed_status), ("minTradeQty", ""), ("minCompeteSize", ""),
             ("competeAgainstBestOffset", ""), ("midOffsetAtWhole", ""), ("midOffsetAtHalf", ""))
         return f
+
+    def _parent_perm_id(self, o: FakeOrder) -> int:
+        parent = self._find(o.client_id, o.parent_id) if o.parent_id else None
+        return parent.perm_id if parent else 0
 
     def _status_fields(self, o: FakeOrder) -> list[Any]:
         return named(
             ("msgId", 3), ("orderId", o.order_id), ("status", o.status), ("filled", qty(o.filled)),
             ("remaining", qty(o.remaining)), ("avgFillPrice", round(o.avg_fill_price, 6)),
-            ("permId", o.perm_id), ("parentId", 0), ("lastFillPrice", o.last_fill_price),
+            ("permId", o.perm_id), ("parentId", o.parent_id), ("lastFillPrice", o.last_fill_price),
             ("clientId", o.client_id), ("whyHeld", ""), ("mktCapPrice", 0.0))
 
     def _exec_fields(self, req_id: int, e: FakeExecution) -> list[Any]:
@@ -840,6 +949,8 @@ class FakeGateway:
     def _on_req_completed_orders(self, conn: _Conn, fields: list[str]) -> None:
         api_only = fields[1] not in ("", "0")
         for o in self.orders_by_perm.values():
+            if o.perm_id in self._forgotten:
+                continue
             if not o.is_open and not (api_only and o.client_id == 0 and o.order_id == 0):
                 conn.send(*self._completed_order_fields(o))
         conn.send(102)
@@ -879,30 +990,55 @@ class FakeGateway:
         p["clientId"] = conn.client_id
         self.parsed_orders.append(p)
         order_id, c = p["orderId"], p["contract"]
+        if p["whatIf"]:
+            instrument = self._lookup(c)
+            if instrument is None:
+                conn.send(4, 2, order_id, 200, "No security definition has been found for the request", "")
+            else:
+                self._answer_what_if(conn, p, instrument)
+            return
+        existing = self._find(conn.client_id, order_id)
+        if existing is not None and existing.is_open:
+            self._modify(conn, existing, p)  # ib_async modifies an order by sending its id again
+            return
+        if existing is not None or order_id <= self._max_id_used.get(conn.client_id, 0):
+            conn.send(4, 2, order_id, 103, "Duplicate order id", "")  # refused, not stored
+            return
+        self._max_id_used[conn.client_id] = order_id
         instrument = self._lookup(c)
         if instrument is None:
             conn.send(4, 2, order_id, 200, "No security definition has been found for the request", "")
             return
-        if p["whatIf"]:
-            self._answer_what_if(conn, p, instrument)
-            return
-        existing = self._find(conn.client_id, order_id)
-        if existing is not None:
-            self._modify(conn, existing, p)
-            return
         _, perm_id = self._new_ids(order_id)
+        aux = p["auxPrice"] if p["auxPrice"] is not None and p["auxPrice"] < UNSET_DOUBLE else None
         order = FakeOrder(
             client_id=conn.client_id, order_id=order_id, perm_id=perm_id, instrument=instrument,
             exchange=c["exchange"] or "SMART", action=p["action"], total_qty=p["totalQuantity"] or 0.0,
             order_type=p["orderType"], lmt_price=p["lmtPrice"], tif=p["tif"] or "DAY",
-            order_ref=p["orderRef"], account=p["account"] or self.account)
+            order_ref=p["orderRef"], account=p["account"] or self.account, aux_price=aux,
+            parent_id=p["parentId"] or 0, oca_group=p["ocaGroup"])
         self.orders_by_perm[perm_id] = order
-        reason = self._rejection(order)
-        if reason:
+        rejection = self._rejection(order)
+        if rejection:
+            code, reason = rejection
             order.status = "Inactive"
-            conn.send(4, 2, order_id, 201, f"Order rejected - reason:{reason}", "")
-            conn.send(*self._status_fields(order))
+            order.completed_time = dt.datetime.now(NEW_YORK).strftime("%Y%m%d %H:%M:%S America/New_York")
+            if code == 201:
+                conn.send(4, 2, order_id, 201, f"Order rejected - reason:{reason}", "")
+                conn.send(*self._status_fields(order))
+            else:
+                conn.send(4, 2, order_id, code, reason, "")
             return
+        if self._drop_before_ack is not None:
+            self._drop_before_ack -= 1
+            if self._drop_before_ack <= 0:
+                self._drop_before_ack = None
+                self._drop_all()
+                self._acknowledge(order)  # accepted and working; nobody is told
+                return
+        warnings, self._warn_next = self._warn_next, []
+        for code, message in warnings:
+            conn.send(4, 2, order_id, code, message, "")
         self._acknowledge(order)
         if self._drop_after is not None:
             self._drop_after -= 1
@@ -910,22 +1046,26 @@ class FakeGateway:
                 self._drop_after = None
                 self._drop_all()
 
-    def _rejection(self, o: FakeOrder) -> str | None:
-        """Why the gateway refuses a new order, or None."""
+    def _rejection(self, o: FakeOrder) -> tuple[int, str] | None:
+        """(error code, reason) when the gateway refuses a new order, or None."""
         if self._reject_next is not None:
-            reason, self._reject_next = self._reject_next, None
-            return reason
+            rejection, self._reject_next = self._reject_next, None
+            return rejection
         if o.action not in ("BUY", "SELL"):
-            return f"invalid action {o.action!r}"
-        if o.total_qty <= 0:
-            return "order quantity must be positive"
-        if o.order_type not in ("MKT", "LMT", "MOC", "LOC"):
-            return f"the fake gateway supports MKT, LMT, MOC and LOC, not {o.order_type!r}"
-        if o.order_type in ("LMT", "LOC") and (o.lmt_price is None or o.lmt_price <= 0):
-            return "a limit order needs a positive limit price"
-        if o.account != self.account:
-            return f"unknown account {o.account!r}"
-        return None
+            reason = f"invalid action {o.action!r}"
+        elif o.total_qty <= 0:
+            reason = "order quantity must be positive"
+        elif o.order_type not in ORDER_TYPES:
+            reason = f"the fake gateway supports {', '.join(ORDER_TYPES)}, not {o.order_type!r}"
+        elif o.order_type in LIMIT_TYPES and (o.lmt_price is None or o.lmt_price <= 0):
+            reason = "a limit order needs a positive limit price"
+        elif o.order_type in ("STP", "STP LMT", "TRAIL") and (o.aux_price is None or o.aux_price <= 0):
+            reason = f"a {o.order_type} order needs a positive aux price"
+        elif o.account != self.account:
+            reason = f"unknown account {o.account!r}"
+        else:
+            return None
+        return 201, reason
 
     def _acknowledge(self, o: FakeOrder) -> None:
         """PreSubmitted then Submitted to the owner; marketable orders fill after `fill_delay`."""
@@ -934,28 +1074,41 @@ class FakeGateway:
         o.status = "Submitted"
         for conn in self._owners(o):
             self._send_order(conn, o)
-        if o.order_type in ("MKT", "LMT"):
+        if o.order_type in CONTINUOUS_TYPES:
             asyncio.get_running_loop().call_later(self.fill_delay, self._match, o)
 
     def _modify(self, conn: _Conn, o: FakeOrder, p: dict[str, Any]) -> None:
-        if not o.is_open:
-            conn.send(4, 2, o.order_id, 104, "Can't modify a filled order.", "")
-            return
         o.total_qty = p["totalQuantity"] or o.total_qty
         o.lmt_price, o.tif, o.order_ref = p["lmtPrice"], p["tif"] or o.tif, p["orderRef"]
+        if p["auxPrice"] is not None and p["auxPrice"] < UNSET_DOUBLE:
+            o.aux_price = p["auxPrice"]
         for c in self._owners(o):
             self._send_order(c, o)
         self._match(o)
 
     def _crosses(self, o: FakeOrder, price: float) -> bool:
-        if o.order_type in ("MKT", "MOC"):
+        if o.order_type in ("MKT", "MOC", "STP"):
             return True
         return price <= o.lmt_price if o.action == "BUY" else price >= o.lmt_price
 
     def _match(self, o: FakeOrder) -> None:
-        """Fill a continuous-session order completely if the current price allows it."""
-        if o.is_open and o.order_type in ("MKT", "LMT") and self._crosses(o, self.prices[o.instrument.symbol]):
-            self._execute(o, o.remaining, self.prices[o.instrument.symbol])
+        """Fill a continuous-session order completely if the current price allows it.
+
+        Stops trigger when the price reaches the stop (BUY: at or above, SELL: at or below); a
+        bracket child works only once its parent filled; TRAIL orders fill only by `partial_fill`.
+        """
+        if not o.is_open or o.order_type not in CONTINUOUS_TYPES:
+            return
+        if o.parent_id:
+            parent = self._find(o.client_id, o.parent_id)
+            if parent is not None and parent.status != "Filled":
+                return
+        price = self.prices[o.instrument.symbol]
+        if o.order_type in ("STP", "STP LMT") and not (
+                price >= o.aux_price if o.action == "BUY" else price <= o.aux_price):
+            return
+        if self._crosses(o, price):
+            self._execute(o, o.remaining, price)
 
     def _execute(self, o: FakeOrder, shares: float, price: float) -> None:
         """One execution: update the order, holdings and cash, and tell the owner and subscribers."""
@@ -978,11 +1131,26 @@ class FakeGateway:
         if o.remaining <= 1e-9:
             o.status = "Filled"
             o.completed_time = dt.datetime.now(NEW_YORK).strftime("%Y%m%d %H:%M:%S America/New_York")
-        for conn in self._owners(o):
-            conn.send(*self._exec_fields(-1, e))
-            self._send_order(conn, o)
-            conn.send(*self._commission_fields(e))
+
+        def report() -> None:
+            for conn in self._owners(o):
+                conn.send(*self._exec_fields(-1, e))
+                self._send_order(conn, o)
+                conn.send(*self._commission_fields(e))
+
+        if self._fill_report_delay > 0:
+            asyncio.get_running_loop().call_later(self._fill_report_delay, report)
+        else:
+            report()
         self._broadcast_account(o.instrument.symbol)
+        if o.status == "Filled":
+            for other in list(self.orders_by_perm.values()):
+                if other is o or not other.is_open:
+                    continue
+                if o.oca_group and other.oca_group == o.oca_group:
+                    self._cancel(other, f"OCA group {o.oca_group} filled")
+                elif other.parent_id == o.order_id and other.client_id == o.client_id and o.order_id:
+                    self._match(other)  # a bracket child starts working
 
     def _book(self, symbol: str, signed: float, price: float, commission: float) -> float | None:
         """Apply a fill to the holding and cash; returns realized PnL when it closes shares."""
@@ -1012,6 +1180,10 @@ class FakeGateway:
             conn.send(*self._status_fields(o))
             conn.send(4, 2, o.order_id, 202, f"Order Canceled - reason:{reason}", "")
 
+    def _finish_cancel(self, o: FakeOrder) -> None:
+        if o.status == "PendingCancel":  # it may have filled meanwhile
+            self._cancel(o)
+
     def _on_cancel_order(self, conn: _Conn, fields: list[str]) -> None:
         r = FieldReader(fields[1:], "cancelOrder")
         r.int()
@@ -1021,9 +1193,18 @@ class FakeGateway:
         o = self._find(conn.client_id, order_id)
         if o is None:
             conn.send(4, 2, order_id, 10147, f"OrderId {order_id} that needs to be cancelled is not found.", "")
-        elif not o.is_open:
-            conn.send(4, 2, order_id, 10148,
-                      f"OrderId {order_id} that needs to be cancelled cannot be cancelled, state: {o.status}.", "")
+        elif not o.is_open or o.status == "PendingCancel":
+            if self._cancel_refusal_code == 161:
+                conn.send(4, 2, order_id, 161, "Cancel attempted when order is not in a cancellable state.  "
+                          f"Order permId ={o.perm_id}", "")
+            else:
+                conn.send(4, 2, order_id, 10148,
+                          f"OrderId {order_id} that needs to be cancelled can not be cancelled, state: {o.status}.", "")
+        elif self._cancel_delay > 0:
+            o.status = "PendingCancel"
+            for c in self._owners(o):
+                c.send(*self._status_fields(o))
+            asyncio.get_running_loop().call_later(self._cancel_delay, self._finish_cancel, o)
         else:
             self._cancel(o)
 
@@ -1063,13 +1244,17 @@ class FakeGateway:
         self._broadcast_account(symbol)
 
     def _inject_order(self, symbol: str, action: str, quantity: float, limit_price: float | None,
-                      order_ref: str, client_id: int, tif: str) -> FakeOrder:
+                      order_ref: str, client_id: int, tif: str, order_type: str, aux_price: float | None,
+                      parent_id: int, oca_group: str) -> FakeOrder:
         instrument = INSTRUMENTS[symbol]
         # Manual TWS orders carry order id 0; other API clients get ids clear of everybody's.
         order_id = 0 if client_id == 0 else max(self._next_order_id, 9000)
         order_id, perm_id = self._new_ids(order_id)
-        o = FakeOrder(client_id, order_id, perm_id, instrument, "SMART", action, quantity,
-                      "LMT" if limit_price is not None else "MKT", limit_price, tif, order_ref, self.account)
+        if client_id:
+            self._max_id_used[client_id] = max(self._max_id_used.get(client_id, 0), order_id)
+        o = FakeOrder(client_id, order_id, perm_id, instrument, "SMART", action, quantity, order_type,
+                      limit_price, tif, order_ref, self.account, aux_price=aux_price, parent_id=parent_id,
+                      oca_group=oca_group)
         self.orders_by_perm[perm_id] = o
         self._acknowledge(o)
         return dataclasses.replace(o)
@@ -1082,7 +1267,7 @@ class FakeGateway:
             raise KeyError(f"expected one open order with id {order_id} (client {client_id}, perm {perm_id}), "
                            f"found {len(matches)}")
         o = matches[0]
-        price = o.lmt_price if o.order_type in ("LMT", "LOC") else self.prices[o.instrument.symbol]
+        price = o.lmt_price if o.order_type in LIMIT_TYPES else self.prices[o.instrument.symbol]
         self._execute(o, quantity, price)
 
     def _closing_auction(self) -> None:

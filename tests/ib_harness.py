@@ -8,6 +8,8 @@ harness); the interface is fixed:
     harness.partial_fill(order_id, quantity), harness.reject_next_order(message=...),
     harness.drop_connection(), harness.reconnect() -> Broker
 
+IB-only extras: harness.gateway (the FakeGateway), harness.restart_gateway(next_order_id=None) -> Broker.
+
 Leaving the context fails (AssertionError) when ib_async logged a decoding failure or the fake
 could not parse a client message: a misaligned field would otherwise only show up as a timeout.
 """
@@ -104,6 +106,12 @@ class IBHarness:
             time.sleep(0.01)
         self.broker = self._connect()
         return self.broker
+
+    def restart_gateway(self, next_order_id: int | None = None) -> Broker:
+        """Restart the gateway (state kept; nextValidId rolled back to `next_order_id` when given)
+        and replace `broker` by a freshly connected one."""
+        self.gateway.restart(next_order_id)
+        return self.reconnect()
 
     def close(self) -> None:
         self.broker.close()

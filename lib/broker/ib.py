@@ -16,19 +16,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime as dt
 import math
 import threading
 import urllib.parse
 from typing import Any, Callable, Coroutine, Iterable, Iterator
 
-from ib_async import IB, Contract as IBContract, LimitOrder, MarketOrder, Order
+from ib_async import IB, Contract as IBContract, ExecutionFilter, LimitOrder, MarketOrder, Order
 from ib_async.wrapper import RequestError
 
 from lib.broker.base import (ORDER_TYPES, TERMINAL_STATUSES, UNACKNOWLEDGED_STATUSES, AccountSnapshot,
                              Bar, Broker, Contract, Holding, OrderRequest, OrderState, check_account)
 from lib.errors import (AccountMismatchError, BrokerConnectionError, BrokerError, BrokerTimeoutError,
-                        OrderRejectedError, PipelineError, UnknownContractError)
+                        OrderRejectedError, PipelineError, SendUncertainError, UnknownContractError)
 from lib.pacing import Pacer
 
 USUAL_PORTS = "4002 (IB Gateway paper), 4001 (IB Gateway live), 7497 (TWS paper), 7496 (TWS live)"
@@ -36,10 +37,62 @@ DEFAULT_MSG_RATE = 45  # per second; IB's hard limit is 50
 HIST_LIMIT, HIST_PERIOD = 60, 600.0  # historical requests per 10 minutes
 UNSET_DOUBLE = 1.7976931348623157e308
 
-# IB error codes that leave an order alive (ib_async treats the same ones as warnings) or that
-# answer a cancel request; any other error tied to an order id means the order was rejected.
-_WARNING_CODES = frozenset({105, 110, 165, 321, 329, 399, 404, 434, 492, 10167})
-_CANCEL_CODES = frozenset({161, 202, 10147, 10148})
+# ---- what an IB message tied to an order id means for that order --------------------------------
+# IB sends errors, warnings and notices alike through `error(reqId, code, message)`. The codes come
+# from IB's "Message Codes" table: https://interactivebrokers.github.io/tws-api/message_codes.html
+# (continued as "Error Codes" at https://ibkrcampus.com/campus/ibkr-api-page/twsapi-doc/#api-error-codes).
+# ib_async marks an order Cancelled on its own for every code outside its short warning list
+# (wrapper.error), 10349 and the cancel answers 161/10148 included; the adapter reads the codes
+# itself instead.
+WARNING = "warning"  # informational: the order keeps working; noted in OrderState.warnings
+REJECTED = "rejected"  # IB refused the order: it ends "Inactive" with `error`
+MODIFY_REFUSED = "modify_refused"  # refuses a modification (the order works on); a new order: REJECTED
+CANCEL_REFUSED = "cancel_refused"  # answers a cancel; the order's fate is unknown until IB reports it
+CANCELLED = "cancelled"  # IB's own word that the order was cancelled
+
+ORDER_MESSAGES: dict[int, tuple[str, str]] = {  # code: (kind, IB's text)
+    399: (WARNING, "Order message error (e.g. 'Warning: your order will not be placed at the exchange until ...')"),
+    404: (WARNING, "Shares for this order are not immediately available for short sale. "
+                   "The order will be held while we attempt to locate the shares."),
+    10349: (WARNING, "Order TIF was set to DAY based on order preset (seen from IB, missing in its table)"),
+    104: (MODIFY_REFUSED, "Can't modify a filled order."),
+    105: (MODIFY_REFUSED, "Order being modified does not match original order."),
+    110: (MODIFY_REFUSED, "The price does not conform to the minimum price variation for this contract."),
+    321: (MODIFY_REFUSED, "Server error when validating an API client request."),
+    329: (MODIFY_REFUSED, "Order modify failed. Cannot change to the new order type."),
+    161: (CANCEL_REFUSED, "Cancel attempted when order is not in a cancellable state. Order permId ="),
+    10147: (CANCEL_REFUSED, "OrderId <OrderId> that needs to be cancelled is not found."),
+    10148: (CANCEL_REFUSED, "OrderId <OrderId> that needs to be cancelled can not be cancelled, state: <State>."),
+    202: (CANCELLED, "Order cancelled - Reason:"),
+    103: (REJECTED, "Duplicate order id."),
+    200: (REJECTED, "No security definition has been found for the request."),
+    201: (REJECTED, "Order rejected - Reason:"),
+    203: (REJECTED, "The security <security> is not available or allowed for this account."),
+}
+#: IB's "Warning Message Codes" (e.g. 2109 "Order Event Warning: Attribute 'Outside Regular Trading
+#: Hours' is ignored based on the order type and destination. PlaceOrder is now processed.", 2137
+#: "The closing order quantity is greater than your current position.").
+WARNING_RANGE = range(2100, 2200)
+# Any other code tied to an order id (163, 434, 10006, ...) means IB refused the order: REJECTED.
+
+
+def order_message_kind(code: int, acknowledged: bool = False) -> str:
+    """What IB message `code`, tied to an order, means for it (see ORDER_MESSAGES).
+
+    `acknowledged`: IB had acknowledged the order, so a modify refusal leaves it working.
+    """
+    if code in WARNING_RANGE:
+        return WARNING
+    kind = ORDER_MESSAGES.get(code, (REJECTED, ""))[0]
+    if kind == MODIFY_REFUSED:
+        return WARNING if acknowledged else REJECTED
+    return kind
+
+
+# Codes that answer a request (not an order) without failing it.
+_REQUEST_NOTICE_CODES = frozenset({165, 10167})
+#: Order types whose lmtPrice is a limit price.
+LIMIT_ORDER_TYPES = frozenset({"LMT", "LOC", "STP LMT", "LIT", "TRAIL LIMIT"})
 _URL_KEYS = frozenset({"client_id", "timeout", "account", "msg_rate"})
 
 
@@ -60,8 +113,28 @@ def _finite(value: Any, positive: bool = False) -> float | None:
 
 
 def _is_failure(code: int) -> bool:
-    """Whether an error code tied to a request/order id means that request or order failed."""
-    return code not in _WARNING_CODES and code not in _CANCEL_CODES and not 2100 <= code < 2200
+    """Whether an error code tied to a request id means that request failed."""
+    return code not in _REQUEST_NOTICE_CODES and order_message_kind(code) == REJECTED
+
+
+@dataclasses.dataclass
+class _Guess:
+    """A status ib_async set on its own (after an error, or a local cancel), not reported by IB."""
+
+    real: str  # the status before it (IB's or ib_async's own PendingSubmit)
+    local: str  # what ib_async set
+    kind: str  # the order_message_kind of the message (or CANCEL_REFUSED for a local cancel)
+
+
+@dataclasses.dataclass
+class _Book:
+    """What the adapter knows of one ib_async Trade beyond ib_async's own state (loop thread only)."""
+
+    trade: Any
+    ib_status: str | None = None  # the last status IB reported in an orderStatus message
+    guess: _Guess | None = None
+    failure: tuple[int, str] | None = None  # the rejection (code, message)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 class _LoopThread:
@@ -109,7 +182,16 @@ class IBBroker(Broker):
     Rejections: `place_order` returns an OrderState with status "Inactive" and `error` set
     ("IB error 201: Order rejected - reason: ...") when IB rejects the order; it raises
     OrderRejectedError only for requests that are invalid before anything is sent (quantity
-    <= 0, unknown order type or action, a missing or superfluous limit price).
+    <= 0, unknown order type or action, a missing or superfluous limit price, a reused order id).
+    IB's informational messages about an order (399, 404, 2109, 10349, ...; see ORDER_MESSAGES)
+    land in `OrderState.warnings` and leave its status alone. `OrderState.confirmed` is False
+    while a terminal status is only ib_async's local guess (its "Cancelled" after IB refused a
+    cancel with 161/10147/10148); `wait(until="done")` waits for IB's own word.
+
+    Crash safety: `reserve_order_ids` hands out ids above a persisted floor and IB's nextValidId,
+    `place_order` sends with such an id and raises SendUncertainError when the connection drops
+    between sending and IB's acknowledgement, and `orders_by_ref` tells afterwards, from IB's
+    open orders, completed orders and executions, which orders reached IB.
     """
 
     def __init__(self, host: str, port: int, client_id: int, mode: str,
@@ -131,9 +213,12 @@ class IBBroker(Broker):
         self.ack_timeout = min(self.timeout, 5.0) if ack_timeout is None else float(ack_timeout)
         self._msg_pacer = msg_pacer or Pacer(int(msg_rate), 1.0)
         self._hist_pacer = hist_pacer or Pacer(HIST_LIMIT, HIST_PERIOD)
-        # The two dicts below are touched on the loop thread only.
+        # The attributes below are touched on the loop thread only.
         self._trades: dict[int, Any] = {}  # order id -> ib_async Trade, for orders placed here
-        self._errors: dict[int, tuple[int, str]] = {}  # request/order id -> failing (code, message)
+        self._errors: dict[int, tuple[int, str]] = {}  # request id -> failing (code, message)
+        self._books: dict[int, _Book] = {}  # id(trade) -> what IB said of it beyond ib_async's state
+        self._id_waiters: list[asyncio.Future] = []  # reserve_order_ids waiting for nextValidId
+        self._reserved_next = 0  # every id below this was reserved by this connection
         self._last_api_error = ""
         self._closed = False
         self._account = ""
@@ -184,7 +269,58 @@ class IBBroker(Broker):
         ib = IB()  # created on the loop thread: its futures and events belong to that loop
         ib.errorEvent += self._on_error
         ib.client.apiError += self._on_api_error
+        # ib_async's decoder looks its wrapper methods up per message, so these wrap the originals:
+        # the adapter learns which statuses IB itself reported, which ones ib_async guessed after
+        # an error, and the nextValidId answers ib_async ignores once connected.
+        wrapper = ib.wrapper
+        order_status, error, next_valid_id = wrapper.orderStatus, wrapper.error, wrapper.nextValidId
+
+        def on_order_status(*args: Any) -> None:
+            order_status(*args)
+            order_id, status, perm_id, client_id = args[0], args[1], args[5], args[8]
+            trade = wrapper.trades.get(wrapper.orderKey(client_id, order_id, perm_id))
+            if trade is not None:
+                book = self._book(trade)
+                book.ib_status, book.guess = status, None
+                if status in ("PreSubmitted", "Submitted"):
+                    book.failure = None  # IB works the order: an earlier refusal was not its end
+
+        def on_error(req_id: int, code: int, message: str, advanced: str = "") -> None:
+            trade = wrapper.trades.get((wrapper.clientId, req_id)) if req_id > 0 else None
+            before = trade.orderStatus.status if trade is not None else None
+            error(req_id, code, message, advanced)
+            if trade is not None:
+                self._on_order_message(trade, before, code, message)
+
+        def on_next_valid_id(order_id: int) -> None:
+            next_valid_id(order_id)
+            waiters, self._id_waiters = self._id_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(order_id)
+
+        wrapper.orderStatus, wrapper.error, wrapper.nextValidId = on_order_status, on_error, on_next_valid_id
         return ib
+
+    def _book(self, trade: Any) -> _Book:
+        book = self._books.get(id(trade))
+        if book is None or book.trade is not trade:
+            book = self._books[id(trade)] = _Book(trade)
+        return book
+
+    def _on_order_message(self, trade: Any, before: str, code: int, message: str) -> None:
+        """(Loop thread) Classify an IB message about one of this client's orders (see ORDER_MESSAGES)."""
+        book = self._book(trade)
+        real = book.guess.real if book.guess and book.guess.local == before else before
+        acknowledged = book.ib_status is not None or real not in UNACKNOWLEDGED_STATUSES
+        kind = order_message_kind(code, acknowledged)
+        if kind == WARNING:
+            book.warnings.append(f"IB warning {code}: {message}")
+        elif kind == REJECTED:
+            book.failure = (code, message)
+        after = trade.orderStatus.status
+        if after != before:  # ib_async changed the status on its own (Cancelled, ValidationError)
+            book.guess = _Guess(real=real, local=after, kind=kind)
 
     # ---- connection ----------------------------------------------------------------------------
     @property
@@ -245,7 +381,8 @@ class IBBroker(Broker):
                 f"Check that IB Gateway or TWS runs there with the API enabled; the usual ports are {USUAL_PORTS}.")
 
     def _on_error(self, req_id: int, code: int, message: str, _contract: Any) -> None:
-        if req_id >= 0 and _is_failure(code):
+        # Errors about orders are read by the wrapped wrapper.error (_on_order_message).
+        if req_id >= 0 and _is_failure(code) and (self._ib.wrapper.clientId, req_id) not in self._ib.wrapper.trades:
             self._errors[req_id] = (code, message)
         if code == 326:
             self._last_api_error = message
@@ -345,37 +482,53 @@ class IBBroker(Broker):
                         strike=float(c.strike or 0.0), right=c.right or "", multiplier=c.multiplier or "",
                         conId=int(c.conId or 0))
 
-    def _status(self, trade: Any) -> tuple[str, str | None]:
-        """(status, error) of a trade; a rejected order (error 201 and friends) reads 'Inactive'."""
+    def _status(self, trade: Any) -> tuple[str, str | None, bool]:
+        """(status, error, confirmed) of a trade.
+
+        A rejected order (error 201 and friends, see ORDER_MESSAGES) reads "Inactive" with the
+        error. Warnings leave the status as IB last reported it. ib_async's local "Cancelled" after
+        a cancel was refused (161, 10147, 10148) stays "Cancelled" but unconfirmed until IB reports
+        the order's status itself.
+        """
         status = trade.orderStatus.status
+        book = self._books.get(id(trade))
+        if book is not None and book.trade is not trade:
+            book = None
+        guess = book.guess if book is not None and book.guess and book.guess.local == status else None
+        if guess is not None:
+            status = guess.real
         if status == "ValidationError":  # ib_async's marker for a warning: the order lives on
             status = next((e.status for e in reversed(trade.log) if e.status != "ValidationError"), "Submitted")
-        order_id, client_id = self._ids(trade)
-        failure = self._errors.get(order_id) if client_id == self.client_id else None
-        if failure is None or status in ("Filled", "Submitted", "PreSubmitted"):
-            return status, None
-        error = f"IB error {failure[0]}: {failure[1]}"
-        filled = trade.orderStatus.filled or sum(f.execution.shares for f in trade.fills)
-        return ("Cancelled" if filled else "Inactive"), error
+        failure = book.failure if book is not None else None
+        if failure is not None and status not in ("Filled", "Submitted", "PreSubmitted", "PendingCancel"):
+            filled = trade.orderStatus.filled or sum(f.execution.shares for f in trade.fills)
+            return ("Cancelled" if filled else "Inactive"), f"IB error {failure[0]}: {failure[1]}", True
+        if guess is not None and guess.kind == CANCELLED:
+            return "Cancelled", None, True
+        if guess is not None and guess.kind == CANCEL_REFUSED:
+            return guess.local, None, False
+        return status, None, True
 
     def _state(self, trade: Any) -> OrderState:
         o, s = trade.order, trade.orderStatus
         order_id, client_id = self._ids(trade)
-        status, error = self._status(trade)
+        status, error, confirmed = self._status(trade)
         filled = s.filled or sum(f.execution.shares for f in trade.fills)
         remaining = s.remaining if (s.filled or s.remaining) else max(float(o.totalQuantity) - filled, 0.0)
         if status in ("Cancelled", "ApiCancelled", "Inactive"):
             remaining = 0.0
-        limit = o.lmtPrice if o.orderType in ("LMT", "LOC") else None
-        if limit is not None and (limit == UNSET_DOUBLE or math.isnan(limit)):
-            limit = None
+        limit = _finite(o.lmtPrice) if o.orderType in LIMIT_ORDER_TYPES else None
+        book = self._books.get(id(trade))
+        warnings = list(book.warnings) if book is not None and book.trade is trade else []
         return OrderState(
             order_id=order_id, perm_id=o.permId or s.permId, client_id=client_id,
             contract=self._lib_contract(trade.contract), action=o.action,
             quantity=float(o.totalQuantity), order_type=o.orderType, limit_price=limit, tif=o.tif,
             order_ref=o.orderRef, status=status, filled=float(filled), remaining=float(remaining),
             avg_fill_price=float(s.avgFillPrice or 0.0),
-            commission=round(float(sum(f.commissionReport.commission for f in trade.fills)), 6), error=error)
+            commission=round(float(sum(f.commissionReport.commission for f in trade.fills)), 6), error=error,
+            aux_price=_finite(o.auxPrice), parent_id=int(o.parentId or s.parentId or 0),
+            oca_group=o.ocaGroup or "", warnings=warnings, confirmed=confirmed)
 
     def _find_trade(self, order_id: int) -> Any | None:
         """This client's order `order_id`: placed here, or loaded from IB at connect.
@@ -501,10 +654,19 @@ class IBBroker(Broker):
     def place_order(self, request: OrderRequest) -> OrderState:
         """Check the account guard, send the order, and return its state once IB acknowledged it.
 
+        Uses `request.order_id` when set (from `reserve_order_ids`), ib_async's next id otherwise.
         Waits up to `ack_timeout` for the acknowledgement (or rejection); a later state comes from
-        `wait`. Raises AccountMismatchError (nothing sent) when the account does not fit the mode
-        or the configured account, OrderRejectedError for a request invalid before sending, and
-        BrokerConnectionError when the connection is down or drops before IB acknowledged.
+        `wait`, and a state still "PendingSubmit" means IB did not answer in time. A refused order
+        comes back "Inactive" with `error` (e.g. "IB error 103: Duplicate order id" for a reused
+        id: it is never retried with another id); informational messages land in `warnings`.
+
+        Raises AccountMismatchError (nothing sent) when the account does not fit the mode or the
+        configured account, OrderRejectedError for a request invalid before sending (including an
+        order id this connection knows for another order), BrokerConnectionError when the
+        connection is down before sending, and SendUncertainError (a BrokerConnectionError naming
+        the order id and orderRef) when it drops after the order was sent and before IB
+        acknowledged it: the order may be working at IB, so look it up by orderRef
+        (`orders_by_ref`) before sending anything again.
         """
         with self._guard(f"place an order for {request.contract.symbol}"):
             self._ensure_connected()
@@ -514,13 +676,24 @@ class IBBroker(Broker):
             return self._run(self._place_async(request, order), self.ack_timeout + 1)
 
     async def _place_async(self, request: OrderRequest, order: Order) -> OrderState:
-        trade = self._ib.placeOrder(self._ib_contract(request.contract), order)
+        if request.order_id is not None:
+            if self._find_trade(request.order_id) is not None:
+                # ib_async would send it as a modification of that order.
+                raise OrderRejectedError(
+                    f"refusing to send {request.action} {request.quantity} {request.contract.symbol}: order id "
+                    f"{request.order_id} is already used by an order of client id {self.client_id} "
+                    "(IB would answer 103 'Duplicate order id')")
+            order.orderId = request.order_id
+            self._ib.client.updateReqId(request.order_id + 1)
+        trade = self._ib.placeOrder(self._ib_contract(request.contract), order)  # raises when not connected
         self._trades[order.orderId] = trade
         if not await self._until(lambda: self._acknowledged(trade), self.ack_timeout) and not self._ib.isConnected():
-            raise BrokerConnectionError(
-                f"the connection to IB at {self._where} dropped before order {order.orderId} "
-                f"({request.action} {request.quantity} {request.contract.symbol}) was acknowledged; "
-                "it may or may not have reached IB: check the open orders after reconnecting")
+            raise SendUncertainError(
+                f"the connection to IB at {self._where} dropped after order {order.orderId} "
+                f"({request.action} {request.quantity} {request.contract.symbol}, orderRef "
+                f"{request.order_ref!r}) was sent and before IB acknowledged it; it may or may not have "
+                "reached IB: look it up by orderRef after reconnecting, do not send it again blindly",
+                order.orderId, request.order_ref)
         return self._state(trade)
 
     def _ib_order(self, r: OrderRequest) -> Order:
@@ -536,6 +709,8 @@ class IBBroker(Broker):
             problem = f"a {r.order_type} order needs a positive limit price"
         elif r.order_type in ("MKT", "MOC") and r.limit_price is not None:
             problem = f"a {r.order_type} order takes no limit price"
+        elif r.order_id is not None and (not isinstance(r.order_id, int) or r.order_id <= 0):
+            problem = f"an explicit order id must be a positive integer, got {r.order_id!r}"
         if problem:
             raise OrderRejectedError(f"refusing to send {r.action} {r.quantity} {r.contract.symbol}: {problem}")
         common = dict(tif=r.tif, orderRef=r.order_ref, account=self._account)
@@ -550,8 +725,10 @@ class IBBroker(Broker):
         return self._status(trade)[0] not in UNACKNOWLEDGED_STATUSES
 
     def _done(self, trade: Any) -> bool:
-        """Terminal, and every fill has its commission report (which trails the fill)."""
-        return (self._status(trade)[0] in TERMINAL_STATUSES
+        """Terminal as IB reported it (not ib_async's guess), with every fill's commission report
+        (which trails the fill)."""
+        status, _error, confirmed = self._status(trade)
+        return (status in TERMINAL_STATUSES and confirmed
                 and all(f.commissionReport.execId for f in trade.fills))
 
     def _own_trade(self, order_id: int) -> Any:
@@ -561,25 +738,150 @@ class IBBroker(Broker):
         return trade
 
     def orders_by_ref(self, prefix: str) -> list[OrderState]:
-        raise NotImplementedError  # TODO(helper): open + completed orders + executions
+        """Every order of this account whose orderRef starts with `prefix`, of any client id, in
+        any state, as IB reports it now.
+
+        Asks IB for all open orders, the completed orders (API and manual ones) and the executions
+        (three messages), and merges them by permId (else by client id and order id). The filled
+        quantity is the larger of the reported one and the sum of the executions; an order known
+        only from its executions comes back "Filled" with quantity = filled (its type, limit and
+        tif are unknown: "", None, ""). Raises BrokerError (BrokerConnectionError,
+        BrokerTimeoutError) when IB cannot be asked.
+        """
+        with self._guard(f"look up orders with orderRef {prefix!r}*"):
+            self._ensure_connected()
+            self._pace(3)
+            return self._run(self._orders_by_ref_async(prefix), 3 * self.timeout + 1)
+
+    async def _orders_by_ref_async(self, prefix: str) -> list[OrderState]:
+        open_trades = await asyncio.wait_for(self._ib.reqAllOpenOrdersAsync(), self.timeout)
+        completed = await asyncio.wait_for(self._ib.reqCompletedOrdersAsync(False), self.timeout)
+        fills = await asyncio.wait_for(
+            self._ib.reqExecutionsAsync(ExecutionFilter(acctCode=self._account)), self.timeout)
+        if not self._ib.isConnected():  # the futures end empty when the socket closes
+            raise BrokerConnectionError(self._lost_message())
+
+        def key(perm_id: int, client_id: int, order_id: int) -> tuple:
+            return ("perm", perm_id) if perm_id else ("id", client_id, order_id)
+
+        mine = (self._account, "")
+        executions: dict[tuple, dict[str, Any]] = {}  # key -> {exec id: Fill}
+        for fill in fills:
+            e = fill.execution
+            if e.orderRef.startswith(prefix) and e.acctNumber in mine:
+                executions.setdefault(key(e.permId, e.clientId, e.orderId), {})[e.execId] = fill
+        found: dict[tuple, OrderState] = {}
+        finished = {id(trade) for trade in completed}
+        # Completed orders first: an order that finished between the two answers is reported done.
+        for trade in list(completed) + list(open_trades):
+            o = trade.order
+            if not o.orderRef.startswith(prefix) or o.account not in mine:
+                continue
+            state = self._state(trade)
+            k = key(state.perm_id, state.client_id, state.order_id)
+            if k not in found:
+                found[k] = state
+                if id(trade) in finished:
+                    found[k].filled = max(found[k].filled, _finite(o.filledQuantity) or 0.0)
+        for k, by_exec in executions.items():
+            execs = [f.execution for f in by_exec.values()]
+            shares = sum(e.shares for e in execs)
+            value = sum(e.shares * e.price for e in execs)
+            commission = round(sum(self._commission(f) for f in by_exec.values()), 6)
+            state = found.get(k)
+            if state is None:
+                first = next(iter(by_exec.values()))
+                e = first.execution
+                found[k] = OrderState(
+                    order_id=e.orderId, perm_id=e.permId, client_id=e.clientId,
+                    contract=self._lib_contract(first.contract), action="BUY" if e.side == "BOT" else "SELL",
+                    quantity=float(shares), order_type="", limit_price=None, tif="", order_ref=e.orderRef,
+                    status="Filled", filled=float(shares), remaining=0.0,
+                    avg_fill_price=round(value / shares, 6) if shares else 0.0, commission=commission)
+                continue
+            if not state.order_id and not state.client_id:  # completed orders carry neither
+                state.order_id, state.client_id = execs[0].orderId, execs[0].clientId
+            if shares and (shares > state.filled or not state.avg_fill_price):
+                state.filled = max(state.filled, float(shares))
+                state.avg_fill_price = round(value / shares, 6)
+            state.commission = max(state.commission, commission)
+        for state in found.values():
+            state.remaining = 0.0 if state.is_terminal else max(state.quantity - state.filled, 0.0)
+        return sorted(found.values(), key=lambda st: (st.order_ref, st.perm_id))
+
+    def _commission(self, fill: Any) -> float:
+        """A fill's commission; ib_async keeps the reports on the first Fill object it saw per execId."""
+        known = self._ib.wrapper.fills.get(fill.execution.execId, fill)
+        value = known.commissionReport.commission or fill.commissionReport.commission
+        return float(value) if _finite(value) is not None else 0.0
 
     def reserve_order_ids(self, count: int, floor: int = 0) -> list[int] | None:
-        raise NotImplementedError  # TODO(helper): max(floor, nextValidId)
+        """`count` consecutive order ids from max(floor + 1, IB's nextValidId) onward.
+
+        Asks IB for nextValidId afresh (IB Gateway restarts have rolled it back: the caller keeps
+        the highest id it used and passes it as `floor`), never hands out an id this connection
+        reserved before, and moves ib_async's own id sequence past the reserved ids so no later
+        order or request reuses them. Raises BrokerError when IB does not answer.
+        """
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        if count == 0:
+            return []
+        with self._guard("reserve order ids"):
+            self._ensure_connected()
+            self._pace()
+            return self._run(self._reserve_async(int(count), int(floor)), self.timeout + 1)
+
+    async def _reserve_async(self, count: int, floor: int) -> list[int]:
+        answer = asyncio.get_running_loop().create_future()
+        self._id_waiters.append(answer)
+        self._ib.client.reqIds(-1)  # IB answers nextValidId (ib_async itself ignores it once connected)
+        closed = asyncio.ensure_future(_next_emit(self._ib.disconnectedEvent))
+        try:
+            done, _ = await asyncio.wait({answer, closed}, timeout=self.timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+        if answer not in done:
+            answer.cancel()
+            if not self._ib.isConnected():
+                raise BrokerConnectionError(self._lost_message())
+            raise BrokerTimeoutError(f"IB at {self._where} sent no nextValidId within {self.timeout:g} s")
+        start = max(floor + 1, answer.result(), self._reserved_next)
+        self._reserved_next = start + count
+        self._ib.client.updateReqId(start + count)
+        return list(range(start, start + count))
 
     def cancel_order(self, order_id: int) -> None:
         """Ask IB to cancel one of this connection's orders; does not wait for the outcome.
 
-        Raises BrokerError for an order id this connection does not know.
+        Only IB's own orderStatus confirms the cancel (see `wait`): ib_async's local "Cancelled"
+        after IB refused the cancel (161, 10148: the order may have filled or still be cancelling)
+        reads as an unconfirmed state. Raises BrokerError for an order id this connection does not know.
         """
         with self._guard(f"cancel order {order_id}"):
             self._ensure_connected()
             self._pace()
-            self._call(lambda: self._ib.cancelOrder(self._own_trade(order_id).order))
+            self._call(self._cancel, order_id)
+
+    def _cancel(self, order_id: int) -> None:
+        trade = self._own_trade(order_id)
+        order = trade.order
+        if not order.orderId:  # loaded from completed orders: IB's record omits the ids
+            order = Order(orderId=order_id, clientId=self.client_id, permId=order.permId)
+        before = trade.orderStatus.status
+        self._ib.cancelOrder(order)
+        if trade.orderStatus.status != before and trade.orderStatus.status in TERMINAL_STATUSES:
+            # ib_async cancels unsent and Inactive orders locally: no word from IB yet
+            book = self._book(trade)
+            book.guess = _Guess(real=before, local=trade.orderStatus.status, kind=CANCEL_REFUSED)
 
     def wait(self, order_ids: Iterable[int], timeout: float, until: str = "acknowledged") -> dict[int, OrderState]:
         """Wait until every order is acknowledged (or done: terminal with commissions) or `timeout` passes.
 
-        Returns the latest state of each order and never raises on timeout; raises BrokerError
+        "done" needs IB's own terminal status: ib_async's local "Cancelled" after a refused cancel
+        (161/10148) is waited past, and comes back with confirmed=False if IB said nothing more
+        within `timeout`. Returns the latest state of each order and never raises on timeout; raises BrokerError
         for an order id this connection does not know and BrokerConnectionError when the
         connection drops before the condition holds.
         """
