@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.crash_harness import FAULT_POINTS, RERUN_MODES, IBWorld, SimWorld, passed, run_scenario  # noqa: E402
+from tests.crash_harness import (CONNECTION_FAULTS, FAULT_POINTS, RERUN_MODES, IBWorld, SimWorld,  # noqa: E402
+                                 passed, run_connection_fault, run_scenario)
 
 
 def main() -> int:
@@ -25,9 +26,13 @@ def main() -> int:
     p.add_argument("--brokers", default="sim,ib")
     p.add_argument("--points", default=",".join(FAULT_POINTS))
     p.add_argument("--modes", default=",".join(RERUN_MODES))
+    p.add_argument("--connection-faults", default=",".join(CONNECTION_FAULTS),
+                   help="IB only: drops, a restart with rolled-back ids, fills while disconnected ('' for none)")
     args = p.parse_args()
     cells = [(b, f, m) for b in args.brokers.split(",") for f in args.points.split(",") for m in args.modes.split(",")]
-    print(f"{'broker':<5} {'fault point':<20} {'rerun':<13} {'killed':<6} {'dup':>3} {'orphan':>6} "
+    if "ib" in args.brokers.split(",") and args.connection_faults:
+        cells += [("ib", f, m) for f in args.connection_faults.split(",") for m in args.modes.split(",")]
+    print(f"{'broker':<5} {'fault point':<28} {'rerun':<13} {'killed':<6} {'dup':>3} {'orphan':>6} "
           f"{'lost/bad rec':>12} {'converged':<9} verdict")
     totals = {"scenarios": 0, "duplicates": 0, "orphans": 0, "record_problems": 0, "failed": 0}
     started = time.monotonic()
@@ -35,7 +40,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="fault-") as tmp:
             world = (SimWorld if broker == "sim" else IBWorld)(Path(tmp))
             try:
-                v = run_scenario(world, Path(tmp), point, mode)
+                v = (run_connection_fault(world, Path(tmp), point, mode) if point in CONNECTION_FAULTS
+                     else run_scenario(world, Path(tmp), point, mode))
             finally:
                 world.close()
         ok = passed(v)
@@ -45,7 +51,7 @@ def main() -> int:
         totals["record_problems"] += len(v["record_problems"])
         totals["failed"] += 0 if ok else 1
         left = (time.monotonic() - started) / i * (len(cells) - i)
-        print(f"{broker:<5} {point:<20} {mode:<13} {str(v['killed']):<6} {len(v['duplicates']):>3} "
+        print(f"{broker:<5} {point:<28} {mode:<13} {str(v['killed']):<6} {len(v['duplicates']):>3} "
               f"{len(v['orphans']):>6} {len(v['record_problems']):>12} {str(v['converged']):<9} "
               f"{'ok' if ok else 'FAIL'}   ({i}/{len(cells)}, ~{left:.0f} s left)", flush=True)
         if not ok:

@@ -92,6 +92,9 @@ class SimWorld:
     def settle(self) -> None:
         """Market orders fill at once on the simulator."""
 
+    def received_refs(self) -> list[str]:
+        return [o.ref for o in self.orders()]
+
     def close(self) -> None:
         pass
 
@@ -116,8 +119,12 @@ class IBWorld:
         self.settle()
 
     def orders(self) -> list[BrokerOrder]:
-        return [BrokerOrder(o.order_ref, o.status, o.action, o.quantity, o.filled, o.symbol)
+        return [BrokerOrder(o.order_ref, o.status, o.action, o.total_qty, o.filled, o.instrument.symbol)
                 for o in self.gateway.orders()]
+
+    def received_refs(self) -> list[str]:
+        """Every placeOrder the gateway received (refused ones too): the strictest count."""
+        return self.gateway.received_refs()
 
     def positions(self) -> dict[str, float]:
         return {s: q for s, q in self.gateway.positions().items() if q}
@@ -180,11 +187,11 @@ class Scenario:
         with open_bus(self.bus_url) as bus:
             return bus.get(state_path("paper")) or {}
 
-    def verdict(self) -> dict:
+    def verdict(self, target: dict | None = None) -> dict:
         """Counts of duplicates, orphans, lost records and the final positions, from the broker."""
         self.world.settle()
         ours = [o for o in self.world.orders() if o.ref.startswith(PREFIX)]
-        counts = collections.Counter(o.ref for o in ours)
+        counts = collections.Counter(r for r in self.world.received_refs() if r.startswith(PREFIX))
         duplicates = sorted(ref for ref, n in counts.items() if n > 1)
         orphans = sorted(o.ref for o in ours if o.working)
         records = self.records()
@@ -205,7 +212,7 @@ class Scenario:
                 problems.append(f"{o.ref} at the broker belongs to no recorded execution")
         if self.state().get("placing_execution_id"):
             problems.append(f"state still points at unfinished {self.state()['placing_execution_id']}")
-        want = {s: q for s, q in TARGET.items() if q}
+        want = {s: q for s, q in (target or TARGET).items() if q}
         return {"duplicates": duplicates, "orphans": orphans, "record_problems": problems,
                 "positions": self.world.positions(), "target": want,
                 "converged": self.world.positions() == want}
@@ -241,3 +248,64 @@ def run_scenario(world, tmp: Path, point: str, mode: str) -> dict:
 def passed(v: dict) -> bool:
     return (not v["duplicates"] and not v["orphans"] and not v["record_problems"] and v["converged"]
             and v["rerun_exit"] == 0 and v["last_exit"] == 0 and "No orders needed" in v["last_summary"])
+
+
+# ---- connection faults (IB only: the fake gateway drops, restarts and fills on its own) -------------
+CONNECTION_FAULTS = ("drop_before_ack:1", f"drop_before_ack:{PLANNED}", "drop_after_ack:1",
+                     f"drop_after_ack:{PLANNED - 1}", "restart_with_rolled_back_ids", "fills_while_disconnected")
+
+
+def run_connection_fault(world: IBWorld, tmp: Path, fault: str, mode: str) -> dict:
+    """A connection fault on the fake IB Gateway, then a rerun by `mode`, then once more."""
+    sc = Scenario(world, tmp)
+    world.start_holdings()
+    seed_bus(sc.bus_url, world)
+    gw = world.gateway
+    first = None
+    if fault.startswith("drop_before_ack:"):
+        gw.drop_before_ack(int(fault.split(":")[1]))
+        first = sc.commander("--reconcile")
+    elif fault.startswith("drop_after_ack:"):
+        gw.drop_after_orders(int(fault.split(":")[1]))
+        first = sc.commander("--reconcile")
+    elif fault == "restart_with_rolled_back_ids":
+        first = sc.commander("--reconcile")
+        world.settle()
+        gw.restart(next_order_id=1)  # IB Gateway restarts have rolled nextValidId back
+        new_target = {**TARGET, "GLD": TARGET["GLD"] + 5, "SPY": TARGET["SPY"] + 3}
+        _publish(sc.bus_url, world, new_target)
+        world.target = new_target
+    elif fault == "fills_while_disconnected":
+        with open_bus(sc.bus_url) as bus:  # orders that wait for the closing auction
+            cfg = bus.get(docs.common_config_path())
+            cfg["orders"] = {**cfg["orders"], "type": "MOC"}
+            bus.set(docs.common_config_path(), cfg)
+        first = sc.commander("--reconcile")
+        gw.run_closing_auction()  # they fill while nobody is connected
+    if mode == "reconcile":
+        rerun = sc.commander("--reconcile")
+    elif mode == "no_reconcile":
+        rerun = sc.commander()
+    else:
+        time.sleep(TTL + 0.5)
+        rerun = sc.commander(host="host-b")
+    world.settle()
+    if fault == "fills_while_disconnected":
+        gw.run_closing_auction()
+    again = sc.commander("--reconcile")
+    world.settle()
+    verdict = sc.verdict(target=getattr(world, "target", None))
+    verdict.update(point=fault, mode=mode, broker="ib", killed=first is not None, rerun_exit=rerun.returncode,
+                   last_exit=again.returncode,
+                   last_summary=(again.stdout.splitlines() or ["", ""])[1].strip() if len(again.stdout.splitlines()) > 1
+                   else again.stdout, log=sc.log)
+    return verdict
+
+
+def _publish(bus_url: str, world, target: dict) -> None:
+    now = dt.datetime.now(UTC)
+    with open_bus(bus_url) as bus:
+        bus.set(docs.intent_path("s"), {
+            "updated_at": now, "status": "success", "error_message": None, "metadata": {},
+            "target_positions": [{"symbol": s, "secType": "STK", "currency": "USD", "exchange": "SMART",
+                                  "quantity": q, "price": world.price(s)} for s, q in target.items()]})

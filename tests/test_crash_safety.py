@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.crash_harness import FAULT_POINTS, RERUN_MODES, IBWorld, SimWorld, passed, run_scenario
+from tests.crash_harness import (CONNECTION_FAULTS, FAULT_POINTS, RERUN_MODES, IBWorld, SimWorld, passed,
+                                 run_connection_fault, run_scenario)
 
 WORLDS = {"sim": SimWorld, "ib": IBWorld}
 
@@ -25,6 +26,19 @@ def test_sigkill_at_every_fault_point_never_doubles_or_loses_an_order(tmp_path, 
     finally:
         world.close()
     assert v["killed"], f"the fault point {point} was never reached\n" + _explain(v)
+    assert passed(v), _explain(v)
+
+
+@pytest.mark.parametrize("mode", RERUN_MODES)
+@pytest.mark.parametrize("fault", CONNECTION_FAULTS)
+def test_connection_faults_at_the_gateway_never_double_or_lose_an_order(tmp_path, fault, mode):
+    """Drops before and after an acknowledgement, a gateway restart that rolls order ids back, fills
+    that happen while nobody is connected: counted at the fake gateway by every orderRef it received."""
+    world = IBWorld(tmp_path)
+    try:
+        v = run_connection_fault(world, tmp_path, fault, mode)
+    finally:
+        world.close()
     assert passed(v), _explain(v)
 
 
