@@ -42,7 +42,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--audit", help="runs/ or gs://BUCKET/PREFIX")
     p.add_argument("--as-of", help="simulator clock date YYYY-MM-DD (default: today's session)")
     p.add_argument("--trigger", choices=["scheduled", "manual"], default="manual")
-    p.add_argument("--window-start", help="ISO-8601 start of the freshness window (default: previous session's close)")
+    p.add_argument("--window-start", help="ISO-8601 start of the freshness window (default: the most recent exchange close)")
     p.add_argument("--force", action="store_true", help="run even though the exchange is closed that day")
     p.add_argument("--strategy-timeout", type=float, default=600.0, help="seconds per strategy notebook (600)")
     p.add_argument("--log-format", choices=["text", "json"], default="text")

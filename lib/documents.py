@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal, Optional, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, with_config
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, with_config
 from typing_extensions import NotRequired, TypedDict
 
 from lib.errors import DocumentError
@@ -166,6 +166,20 @@ class OpenOrder(_Loose):
     lmtPrice: Optional[float] = None
     orderRef: str = ""
     status: str = "Submitted"
+    # Contingency (issue 12): a stop's trigger price, a bracket child's parent, an OCA group, IB order
+    # conditions. Defaults keep snapshots written before these fields loadable.
+    auxPrice: Optional[float] = None
+    parentId: int = Field(0, ge=0)
+    ocaGroup: str = ""
+    conditions: list[Any] = []
+
+    @field_validator("parentId", "ocaGroup", "conditions", mode="before")
+    @classmethod
+    def _none_is_unset(cls, value: Any, info) -> Any:
+        """None (as some writers store an unset field) means the default."""
+        if value is None:
+            return {"parentId": 0, "ocaGroup": "", "conditions": []}[info.field_name]
+        return value
 
 
 class PortfolioSnapshot(_Doc):

@@ -187,6 +187,17 @@ def _strategy_notebook(sid: str, doc: dict) -> Path:
     return path
 
 
+def live_announcement(mode: str, bus: Bus) -> str:
+    """What a live run says in its first line: the account it trades (config/live.account), or
+    that none is set and so nothing will be placed. Empty for paper."""
+    if mode != "live":
+        return ""
+    account = (bus.get(docs.mode_config_path("live")) or {}).get("account")
+    if account:
+        return f" — LIVE: trades account {account} (config/live.account)"
+    return " — LIVE: config/live.account is not set, so nothing will be placed until it names the account to trade"
+
+
 def run(settings: Settings, options: Options, progress: Progress | None = None,
         now: dt.datetime | None = None) -> RunResult:
     """Run the three stages once; never raises for an operational failure (the result says)."""
@@ -194,15 +205,20 @@ def run(settings: Settings, options: Options, progress: Progress | None = None,
     run_id = new_execution_id(now, secrets.token_hex(3))
     progress = progress or Progress(run_id=run_id)
     progress.run_id = run_id
-    progress.log(f"run {run_id}: {settings.describe()}" + (" (dry run)" if options.dry_run else ""))
+    first = f"run {run_id}: {settings.describe()}" + (" (dry run)" if options.dry_run else "")
 
     try:
         bus = open_bus(settings.bus)
+        progress.log(first + live_announcement(settings.mode, bus))
+        first = ""
         if bus.get(docs.common_config_path()) is None:
-            created = [p for p, what in seed(bus).items() if what == "created"]
-            progress.log(f"empty bus: seeded {', '.join(created)}")
+            created = [p for p, what in seed(bus, settings.mode).items() if what == "created"]
+            progress.log(f"empty bus: seeded {', '.join(created)}" + (
+                " (live: tradingEnabled false, example strategies disabled)" if settings.mode == "live" else ""))
         audit = open_audit(settings.audit)
     except (BusError, AuditError, ValueError) as err:
+        if first:
+            progress.log(first)
         return RunResult(EXIT_FAILED, "failed", f"cannot open the bus or the audit store: {err}", run_id)
 
     is_sim = settings.broker.startswith("sim")
@@ -441,6 +457,8 @@ def commander(settings: Settings, *, dry_run: bool = False, reconcile: bool = Fa
         bus.close()
         return RunResult(EXIT_LOCKED, "locked", str(err), execution_id=execution_id)
     try:
+        if settings.mode == "live":
+            progress.log(f"commander {execution_id}" + live_announcement(settings.mode, bus))
         expected = (bus.get(docs.mode_config_path(settings.mode)) or {}).get("account")
         opener = lambda: open_broker(settings.broker, settings.mode, expected)  # noqa: E731
         if reconcile:
@@ -483,6 +501,8 @@ def approve(settings: Settings, execution_id: str, progress: Progress | None = N
     except lease.LeaseHeldError as err:
         return RunResult(EXIT_LOCKED, "locked", str(err))
     try:
+        if settings.mode == "live":
+            progress.log(f"approve {execution_id}" + live_announcement(settings.mode, bus))
         config = bus.get(docs.common_config_path()) or {}
         start = sessions.window_start(now, config.get("freshMinutes"))
         expected = (bus.get(docs.mode_config_path(settings.mode)) or {}).get("account")

@@ -1,9 +1,13 @@
-"""Default documents for an empty bus: config/common, config/paper and the three example strategies.
+"""Default documents for an empty bus: config/common, config/{mode} and the three example strategies.
 
 Seeding only creates documents that do not exist; it never overwrites an operator's config (the
 origin project reset `tradingEnabled` on every deploy — not here).
 
-    python -m lib.seed [--bus URL]
+For `live` the defaults are safe: `tradingEnabled` is false, `config/live.account` is unset (placing
+in live needs it) and the example strategies are written *disabled*, so an operator can read them
+and enable one knowingly, but nothing trades real money until a person turns it on.
+
+    python -m lib.seed [--bus URL] [--mode paper|live]
 """
 from __future__ import annotations
 
@@ -43,18 +47,23 @@ DEFAULT_STRATEGIES = {
 }
 
 
-def default_documents() -> dict[str, dict]:
-    out = {docs.common_config_path(): docs.dump(DEFAULT_COMMON),
-           docs.mode_config_path("paper"): docs.dump(docs.ModeConfig(account=None))}
+def default_documents(mode: str = "paper") -> dict[str, dict]:
+    """The seed's documents for `mode`: in live, trading disabled and every example strategy disabled."""
+    if mode not in ("paper", "live"):
+        raise ValueError(f"unknown trading mode {mode!r}; expected 'paper' or 'live'")
+    live = mode == "live"
+    common = DEFAULT_COMMON.model_copy(update={"tradingEnabled": False}) if live else DEFAULT_COMMON
+    out = {docs.common_config_path(): docs.dump(common),
+           docs.mode_config_path(mode): docs.dump(docs.ModeConfig(account=None))}
     for sid, cfg in DEFAULT_STRATEGIES.items():
-        out[docs.strategy_path(sid)] = docs.dump(cfg)
+        out[docs.strategy_path(sid)] = docs.dump(cfg.model_copy(update={"enabled": False}) if live else cfg)
     return out
 
 
-def seed(bus: Bus) -> dict[str, str]:
-    """Create each default document that is missing; returns path → 'created' | 'kept'."""
+def seed(bus: Bus, mode: str = "paper") -> dict[str, str]:
+    """Create each default document of `mode` that is missing; returns path → 'created' | 'kept'."""
     result = {}
-    for path, data in default_documents().items():
+    for path, data in default_documents(mode).items():
         try:
             bus.create(path, data)
             result[path] = "created"
@@ -67,12 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     from lib.settings import resolve
     parser = argparse.ArgumentParser(prog="python -m lib.seed", description=__doc__.splitlines()[0])
     parser.add_argument("--bus", help="bus URL (default: $COMMANDER_BUS or sqlite:///runs/bus.sqlite)")
+    parser.add_argument("--mode", choices=["paper", "live"],
+                        help="trading mode to seed for (default: $COMMANDER_MODE or paper); live seeds trading "
+                             "disabled and the example strategies disabled")
     args = parser.parse_args(argv)
-    settings = resolve({"bus": args.bus})
+    try:
+        settings = resolve({"bus": args.bus, "mode": args.mode})
+    except ValueError as exc:
+        print(f"seed failed: {exc}", file=sys.stderr)
+        return 2
     try:
         with open_bus(settings.bus) as bus:
-            for path, what in seed(bus).items():
+            for path, what in seed(bus, settings.mode).items():
                 print(f"{what:8s} {path}")
+            if settings.mode == "live":
+                print("live: nothing trades until config/common.tradingEnabled is true, a strategy is enabled "
+                      "and config/live.account names the broker account")
     except (PipelineError, ValueError) as exc:
         print(f"seed failed: {exc}", file=sys.stderr)
         return 2

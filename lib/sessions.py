@@ -1,7 +1,8 @@
 """The exchange calendar (exchange_calendars' XNYS by default): trading days and the freshness window.
 
-The pipeline acts once per session, after it; an intent is fresh when it was written after the close
-of the session before the one being acted on.
+The freshness window starts at the most recent close of the exchange at or before `now` (early
+13:00 closes included; weekends, holidays and EST/EDT changes come from the calendar): an intent or a
+snapshot is fresh when it was written after that close. `freshMinutes` or an explicit start override it.
 """
 from __future__ import annotations
 
@@ -52,12 +53,26 @@ def last_session_on_or_before(day: dt.date, name: str = DEFAULT_CALENDAR) -> dt.
     return calendar(name).date_to_session(pd.Timestamp(day), direction="previous").date()
 
 
+def last_close(now: dt.datetime, name: str = DEFAULT_CALENDAR) -> dt.datetime:
+    """The most recent close of the exchange at or before `now` (UTC): today's once the closing bell
+    rang (13:00 New York on a half day), else the last session's before it."""
+    cal = calendar(name)
+    ts = _ts(now)
+    # A session's close falls on its own date in UTC for XNYS; start a day later to be safe for any calendar.
+    day = cal.date_to_session(pd.Timestamp(ts.date()) + pd.Timedelta(days=1), direction="previous")
+    close = cal.session_close(day)
+    while close > ts:
+        day = cal.previous_session(day)
+        close = cal.session_close(day)
+    return close.to_pydatetime().astimezone(UTC)
+
+
 def window_start(now: dt.datetime, fresh_minutes: float | None = None, override: dt.datetime | None = None,
                  name: str = DEFAULT_CALENDAR) -> dt.datetime:
-    """Where the freshness window starts: `override`, else `now − fresh_minutes`, else the close of the
-    session before the current one."""
+    """Where the freshness window starts: `override`, else `now − fresh_minutes`, else the most recent
+    exchange close at or before `now` (`last_close`)."""
     if override is not None:
         return _ts(override).to_pydatetime()
     if fresh_minutes is not None:
-        return now.astimezone(UTC) - dt.timedelta(minutes=fresh_minutes)
-    return session_close(previous_session(current_session(now, name), name), name)
+        return _ts(now).to_pydatetime() - dt.timedelta(minutes=fresh_minutes)
+    return last_close(now, name)

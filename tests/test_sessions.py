@@ -15,13 +15,15 @@ def test_sessions_follow_the_exchange_calendar():
     assert sessions.last_session_on_or_before(dt.date(2026, 11, 29)) == dt.date(2026, 11, 27)
 
 
-def test_window_starts_at_the_previous_sessions_close():
+def test_window_starts_at_the_most_recent_close():
+    # Issue 12: the window used to start at the close of the session *before* the current one, so
+    # after Monday's close it reached back to Friday's. It starts at the latest close at or before now.
     after_close_monday = dt.datetime(2026, 11, 23, 21, 30, tzinfo=UTC)
-    assert sessions.window_start(after_close_monday) == dt.datetime(2026, 11, 20, 21, 0, tzinfo=UTC)
+    assert sessions.window_start(after_close_monday) == dt.datetime(2026, 11, 23, 21, 0, tzinfo=UTC)
     before_open_monday = dt.datetime(2026, 11, 23, 13, 0, tzinfo=UTC)
-    assert sessions.window_start(before_open_monday) == dt.datetime(2026, 11, 19, 21, 0, tzinfo=UTC)
+    assert sessions.window_start(before_open_monday) == dt.datetime(2026, 11, 20, 21, 0, tzinfo=UTC)
     # The day after Thanksgiving closes early (13:00 New York = 18:00 UTC).
-    monday_after = dt.datetime(2026, 11, 30, 21, 30, tzinfo=UTC)
+    monday_after = dt.datetime(2026, 11, 30, 13, 0, tzinfo=UTC)
     assert sessions.window_start(monday_after) == dt.datetime(2026, 11, 27, 18, 0, tzinfo=UTC)
 
 

@@ -360,6 +360,115 @@ def test_cli_price_advance_and_reset(db):
         assert b.orders() == {} and b.cash() == DEFAULT_CASH
 
 
+# ---- contingent orders: stops, brackets, OCA groups (issue 12) -------------------------------------
+def stop(symbol="SPY", quantity=10, action="SELL"):
+    return OrderRequest(Contract(symbol), action, quantity, "STP")
+
+
+def test_a_sell_stop_rests_until_the_price_reaches_it_then_fills_as_market(broker):
+    broker.place_order(buy("SPY", 10))
+    st = broker.place_order(stop("SPY", 10), aux_price=540.0)
+    assert (st.status, st.order_type, st.aux_price) == ("Submitted", "STP", 540.0)
+    assert broker.set_price("SPY", 545.0) == []  # above the stop: still resting
+    [filled] = broker.set_price("SPY", 539.0)
+    assert filled.order_id == st.order_id and filled.status == "Filled"
+    assert filled.avg_fill_price == pytest.approx(539.0 * (1 - 5 / 10_000))  # a market order once triggered
+    assert broker.snapshot().holdings == []
+
+
+def test_a_stop_in_a_passed_session_fills_at_the_trigger_or_at_a_gap_open(broker):
+    # 2025-06-04: open 551.56, low 549.92
+    at_trigger = broker.place_order(stop("SPY", 1), aux_price=550.5)
+    gapped = broker.place_order(stop("SPY", 1), aux_price=552.0)
+    untouched = broker.place_order(stop("SPY", 1), aux_price=540.0)
+    broker.advance_to("2025-06-04")
+    states = broker.orders()
+    assert states[at_trigger.order_id].avg_fill_price == pytest.approx(550.5 * (1 - 5 / 10_000))
+    assert states[gapped.order_id].avg_fill_price == pytest.approx(551.56 * (1 - 5 / 10_000))
+    assert states[untouched.order_id].status == "Submitted"
+
+
+def test_bracket_children_wait_for_their_parent_and_cancel_each_other(broker):
+    parent = broker.place_order(buy("SPY", 10, "LMT", 500.0))
+    assert parent.status == "Submitted"
+    take = broker.place_order(sell("SPY", 10, "LMT", 540.0), parent_id=parent.order_id, oca_group="b1")
+    loss = broker.place_order(stop("SPY", 10), aux_price=560.0, parent_id=parent.order_id, oca_group="b1")
+    # Both children would fill at 553 on their own, but their parent has not filled.
+    assert (take.status, loss.status) == ("Submitted", "Submitted")
+    docs = [o.to_dict() for o in broker.snapshot().open_orders]
+    assert [(d["orderType"], d["auxPrice"], d["parentId"], d["ocaGroup"]) for d in docs] == [
+        ("LMT", None, 0, ""), ("LMT", None, parent.order_id, "b1"), ("STP", 560.0, parent.order_id, "b1")]
+    broker.set_price("SPY", 499.0)  # the parent fills; the stop-loss (above 499) triggers, the take-profit does not
+    states = broker.orders()
+    assert states[parent.order_id].status == "Filled"
+    assert states[loss.order_id].status == "Filled"
+    assert states[take.order_id].status == "Cancelled"  # one cancels all
+    assert broker.snapshot().holdings == []
+
+
+def test_cancelling_an_unfilled_parent_cancels_its_children(broker):
+    parent = broker.place_order(buy("SPY", 10, "LMT", 500.0))
+    child = broker.place_order(sell("SPY", 10, "LMT", 600.0), parent_id=parent.order_id, oca_group="b")
+    broker.cancel_order(parent.order_id)
+    assert broker.orders()[child.order_id].status == "Cancelled"
+
+
+@pytest.mark.parametrize("request_, options, message", [
+    (stop("SPY"), {}, "stop price"),
+    (stop("SPY"), {"aux_price": -1.0}, "stop price"),
+    (buy("SPY", 1, "LMT", 500.0), {"aux_price": 490.0}, "aux_price"),
+    (sell("SPY"), {"parent_id": 999}, "parent order 999"),
+    (sell("SPY"), {"parent_id": -1}, "parent_id"),
+    (sell("SPY"), {"oca_group": 7}, "oca_group"),
+])
+def test_malformed_contingent_orders_are_refused(broker, request_, options, message):
+    with pytest.raises(OrderRejectedError, match=message):
+        broker.place_order(request_, **options)
+    assert broker.orders() == {}
+
+
+def test_an_older_state_file_gains_the_contingent_columns(db):
+    import sqlite3
+    from lib.broker import sim
+    old = sim._SCHEMA.replace(""",
+    aux_price      REAL,
+    parent_id      INTEGER NOT NULL DEFAULT 0,
+    oca_group      TEXT NOT NULL DEFAULT ''""", "")
+    assert "aux_price" not in old
+    conn = sqlite3.connect(db)
+    conn.executescript(old)
+    conn.execute("INSERT INTO state VALUES (1, 'DU0000001', 1000000, 1000000, '2025-06-02', 2, 'x')")
+    conn.execute("INSERT INTO orders (order_id, perm_id, client_id, contract, action, quantity, order_type, tif,"
+                 " order_ref, status, placed_as_of, placed_at) VALUES (1, 1000000001, 0, '{\"symbol\": \"SPY\"}',"
+                 " 'BUY', 1, 'LMT', 'DAY', '', 'Submitted', '2025-06-02', 'x')")
+    conn.commit()
+    conn.close()
+    with SimBroker(db) as b:
+        [o] = b.snapshot().open_orders
+        assert (o.aux_price, o.parent_id, o.oca_group) == (None, 0, "")
+        assert b.place_order(stop("SPY", 1), aux_price=500.0).status == "Submitted"
+
+
+def test_cli_stop_and_bracket_show_in_the_book(db):
+    assert _cli(db, "reset", "--yes", "--as-of", "2025-06-02").returncode == 0
+    assert _cli(db, "trade", "SPY", "BUY", "10").returncode == 0
+    placed = _cli(db, "stop", "SPY", "SELL", "10", "--stop", "500")
+    assert placed.returncode == 0, placed.stderr
+    assert "STP stop 500" in placed.stdout
+    bracket = _cli(db, "bracket", "GLD", "BUY", "5", "--take-profit", "1000", "--stop-loss", "1")
+    assert bracket.returncode == 0, bracket.stderr
+    with SimBroker(db) as b:
+        orders = b.snapshot().open_orders
+    assert [(o.contract.symbol, o.order_type, o.aux_price, o.parent_id, o.oca_group) for o in orders] == [
+        ("SPY", "STP", 500.0, 0, ""), ("GLD", "LMT", None, 3, "bracket-3"), ("GLD", "STP", 1.0, 3, "bracket-3")]
+    book = _cli(db, "book").stdout.split("open orders")[1]
+    assert "bracket-3" in book and "STP" in book
+    refused = _cli(db, "stop", "SPY", "SELL", "1", "--stop", "10000")
+    assert refused.returncode == 2 and "would trigger now" in refused.stderr
+    wrong = _cli(db, "bracket", "SPY", "BUY", "1", "--take-profit", "1", "--stop-loss", "10000")
+    assert wrong.returncode == 2 and "take-profit" in wrong.stderr
+
+
 # ---- bars ----------------------------------------------------------------------------------------
 def test_bars_are_reproduced_exactly_by_the_generator(tmp_path):
     out = tmp_path / "bars.csv"

@@ -130,6 +130,7 @@ class OrderState:
             "lmtPrice": self.limit_price, "tif": self.tif, "orderRef": self.order_ref,
             "status": self.status, "filled": self.filled, "remaining": self.remaining,
             "avgFillPrice": self.avg_fill_price, "commission": self.commission, "error": self.error,
+            "auxPrice": self.aux_price, "parentId": self.parent_id, "ocaGroup": self.oca_group,
         }
 
 
@@ -241,10 +242,12 @@ class Broker(abc.ABC):
         self.close()
 
 
-def check_account(account: str, mode: str, expected: str | None = None) -> None:
+def check_account(account: str, mode: str, expected: str | None = None, *, placing: bool = True) -> None:
     """Refuse an account that does not match the mode: paper accounts start with 'DU', live ones don't.
 
-    `expected` (from `config/{mode}.account`), when set, must match exactly.
+    `expected` (from `config/{mode}.account`), when set, must match exactly. In live it must be set
+    to place anything (`placing`, the default): real money is only traded on the account an operator
+    named. Reconcile, which only reads, passes `placing=False`.
     Raises AccountMismatchError with the reason.
     """
     if mode not in ("paper", "live"):
@@ -261,3 +264,7 @@ def check_account(account: str, mode: str, expected: str | None = None) -> None:
     if expected and account != expected:
         raise AccountMismatchError(
             f"connected account {account!r} does not match config/{mode}.account = {expected!r}")
+    if mode == "live" and placing and not expected:
+        raise AccountMismatchError(
+            f"config/live: field 'account' is not set; live trading places orders only on the account named "
+            f"there (the broker is connected to {account!r}); nothing was placed")

@@ -24,6 +24,13 @@ Fill rules (evaluated on placement, on `set_price()`, and for each session the c
          the limit. For each passed session: fills if the day's low (buy) / high (sell) reached the
          limit, at the limit or at the close if the close is better.
   * LOC  fills at the close if the close is at or better than the limit; otherwise it keeps resting.
+  * STP  (a stop, `aux_price` its trigger; a person's protective stop, never the Commander's) rests
+         until the price reaches the trigger (sells at or below, buys at or above), then fills as MKT;
+         in a passed session when the day's low (sell) / high (buy) reached it, at the trigger or at
+         the open if the session opened beyond it.
+  Contingent orders (placed with `place_order(..., aux_price=, parent_id=, oca_group=)`): the child
+  of a bracket (`parent_id`) can fill only once its parent has filled, and is cancelled with it; when
+  an order of an OCA group (`oca_group`) fills, the group's other open orders are cancelled.
   Orders that do not fill rest with status "Submitted" until they fill or are cancelled; `tif` is
   recorded but not enforced (the simulator has no intraday session in which a DAY order could expire).
 
@@ -118,7 +125,10 @@ CREATE TABLE IF NOT EXISTS orders (
     commission     REAL NOT NULL DEFAULT 0,
     error          TEXT,
     placed_as_of   TEXT NOT NULL,
-    placed_at      TEXT NOT NULL
+    placed_at      TEXT NOT NULL,
+    aux_price      REAL,
+    parent_id      INTEGER NOT NULL DEFAULT 0,
+    oca_group      TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS orders_by_status ON orders (status);
 CREATE TABLE IF NOT EXISTS fills (
@@ -141,6 +151,12 @@ CREATE TABLE IF NOT EXISTS pending_rejects (
     message TEXT NOT NULL
 );
 """
+
+#: Columns added after the first release: an older state file gets them on open (ALTER TABLE).
+_ADDED_ORDER_COLUMNS = {"aux_price": "REAL", "parent_id": "INTEGER NOT NULL DEFAULT 0",
+                        "oca_group": "TEXT NOT NULL DEFAULT ''"}
+#: What a person may enter in the simulator besides the Commander's ORDER_TYPES.
+SIM_ORDER_TYPES = (*ORDER_TYPES, "STP")
 
 _OPEN = ("PreSubmitted", "Submitted")
 _OPEN_SQL = "status IN ('PreSubmitted', 'Submitted')"
@@ -216,19 +232,31 @@ def _slipped(action: str, price: float, slippage_bps: float) -> float:
     return price * (1 + factor) if action == "BUY" else price * (1 - factor)
 
 
+def triggered(action: str, price: float, stop: float) -> bool:
+    """Whether a stop is triggered at `price`: a sell stop at or below its trigger, a buy stop at or above."""
+    return price <= stop if action == "SELL" else price >= stop
+
+
 def fill_price_now(order_type: str, action: str, limit: float | None, price: float,
-                   slippage_bps: float) -> float | None:
+                   slippage_bps: float, aux: float | None = None) -> float | None:
     """Where an order fills against the current price (the close of `as_of`), or None if it rests."""
     if order_type == "MKT":
         return _slipped(action, price, slippage_bps)
+    if order_type == "STP":
+        return _slipped(action, price, slippage_bps) if triggered(action, price, aux) else None
     if order_type == "MOC":
         return price
     return price if crosses(action, price, limit) else None  # LMT, LOC
 
 
 def fill_price_in_session(order_type: str, action: str, limit: float | None, bar: Bar,
-                          slippage_bps: float) -> float | None:
+                          slippage_bps: float, aux: float | None = None) -> float | None:
     """Where a resting order fills during a session the clock passes, or None if it keeps resting."""
+    if order_type == "STP":
+        if not triggered(action, bar.low if action == "SELL" else bar.high, aux):
+            return None
+        at = min(aux, bar.open) if action == "SELL" else max(aux, bar.open)  # a gap fills beyond the trigger
+        return _slipped(action, at, slippage_bps)
     if order_type == "LMT":
         reached = bar.low <= limit if action == "BUY" else bar.high >= limit
         if not reached:
@@ -298,6 +326,7 @@ class SimBroker(Broker):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._connection().executescript(_SCHEMA)
+            self._migrate()
         except (sqlite3.Error, OSError) as exc:
             self.close()
             raise BrokerConnectionError(f"cannot open the simulator state at {self.path}: {exc}") from exc
@@ -375,6 +404,18 @@ class SimBroker(Broker):
                 if isinstance(exc, sqlite3.Error):
                     raise BrokerConnectionError(f"simulator state {self.path}: {exc}") from exc
                 raise
+
+    def _migrate(self) -> None:
+        """Add the order columns a state file written by an older version lacks."""
+        conn = self._connection()
+        have = {r[1] for r in conn.execute("PRAGMA table_info(orders)")}
+        for name, decl in _ADDED_ORDER_COLUMNS.items():
+            if name not in have:
+                try:
+                    conn.execute(f"ALTER TABLE orders ADD COLUMN {name} {decl}")
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def _ensure_open(self) -> None:
         if self._closed:
@@ -469,16 +510,21 @@ class SimBroker(Broker):
         return self._contract(contract.symbol)
 
     # ---- orders ----------------------------------------------------------------------------
-    def place_order(self, request: OrderRequest) -> OrderState:
+    def place_order(self, request: OrderRequest, *, aux_price: float | None = None, parent_id: int = 0,
+                    oca_group: str = "") -> OrderState:
         """Run the account guard, validate, store and (if its condition holds now) fill the order.
+
+        The keyword options are the simulator's contingent orders, as a person enters them at TWS:
+        `aux_price` the trigger of an STP order, `parent_id` makes it a bracket child (it works only
+        once that order has filled), `oca_group` a one-cancels-all group.
 
         Returns the order's state: "Filled", "Submitted" (resting) or "Inactive" with `error` when the
         simulated broker rejects it. Raises AccountMismatchError or OrderRejectedError with nothing
         stored, BrokerConnectionError when the connection is closed.
         """
         check_account(self.account_id(), self.mode, self.expected_account)
-        _validate(request)
-        return self._submit(request, self.client_id)
+        _validate(request, aux_price, parent_id, oca_group)
+        return self._submit(request, self.client_id, aux_price, int(parent_id), oca_group)
 
     def cancel_order(self, order_id: int) -> None:
         """Cancel an open order of this client (client 0, the TWS operator, may cancel any).
@@ -493,6 +539,10 @@ class SimBroker(Broker):
                     f"order {order_id} belongs to client {row['client_id']}; client {self.client_id} cannot cancel it")
             if row["status"] in _OPEN:
                 conn.execute("UPDATE orders SET status = 'Cancelled' WHERE order_id = ?", (order_id,))
+                # A bracket's children go with their parent, unless it already filled.
+                if row["filled"] == 0:
+                    conn.execute(f"UPDATE orders SET status = 'Cancelled' WHERE parent_id = ? AND {_OPEN_SQL}",
+                                 (order_id,))
 
     def wait(self, order_ids: Iterable[int], timeout: float, until: str = "acknowledged") -> dict[int, OrderState]:
         """Poll until every known order is acknowledged (or terminal, for until="done") or `timeout`
@@ -559,9 +609,10 @@ class SimBroker(Broker):
             conn.execute("INSERT INTO price_overrides VALUES (?, ?) ON CONFLICT (symbol) DO UPDATE SET price = excluded.price",
                          (symbol, price))
             filled = []
-            for row in conn.execute(f"SELECT * FROM orders WHERE {_OPEN_SQL} ORDER BY order_id").fetchall():
+            for row in self._working(conn):
                 if json.loads(row["contract"])["symbol"] == symbol:
-                    at = fill_price_now(row["order_type"], row["action"], row["limit_price"], price, self.slippage_bps)
+                    at = fill_price_now(row["order_type"], row["action"], row["limit_price"], price, self.slippage_bps,
+                                        row["aux_price"])
                     if at is not None:
                         filled.append(self._fill(conn, row, row["quantity"] - row["filled"], at))
             return filled
@@ -617,6 +668,21 @@ class SimBroker(Broker):
             total += (row["quantity"] - row["filled"]) * price
         return total
 
+    def _working(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Row]:
+        """The open orders that may fill now, by order id, each read afresh (an earlier fill in the
+        same pass may have filled a bracket's parent or cancelled an OCA sibling)."""
+        for (order_id,) in conn.execute(f"SELECT order_id FROM orders WHERE {_OPEN_SQL} ORDER BY order_id").fetchall():
+            row = self._order_row(conn, order_id)
+            if row["status"] in _OPEN and self._parent_filled(conn, row):
+                yield row
+
+    @staticmethod
+    def _parent_filled(conn: sqlite3.Connection, row: sqlite3.Row) -> bool:
+        if not row["parent_id"]:
+            return True
+        parent = conn.execute("SELECT status FROM orders WHERE order_id = ?", (row["parent_id"],)).fetchone()
+        return parent is not None and parent["status"] == "Filled"
+
     @staticmethod
     def _order_row(conn: sqlite3.Connection, order_id: int) -> sqlite3.Row:
         row = conn.execute("SELECT * FROM orders WHERE order_id = ?", (int(order_id),)).fetchone()
@@ -632,27 +698,37 @@ class SimBroker(Broker):
             quantity=row["quantity"], order_type=row["order_type"], limit_price=row["limit_price"],
             tif=row["tif"], order_ref=row["order_ref"], status=row["status"], filled=row["filled"],
             remaining=row["quantity"] - row["filled"], avg_fill_price=row["avg_fill_price"],
-            commission=row["commission"], error=row["error"])
+            commission=row["commission"], error=row["error"], aux_price=row["aux_price"],
+            parent_id=row["parent_id"], oca_group=row["oca_group"])
 
-    def _submit(self, request: OrderRequest, client_id: int) -> OrderState:
+    def _submit(self, request: OrderRequest, client_id: int, aux_price: float | None = None, parent_id: int = 0,
+                oca_group: str = "") -> OrderState:
         """Store one validated order and fill it if its condition holds now, in one transaction."""
         symbol = request.contract.symbol
         with self._transaction() as conn:
+            if parent_id:
+                parent = conn.execute("SELECT status, contract FROM orders WHERE order_id = ?", (parent_id,)).fetchone()
+                if parent is None or parent["status"] not in (*_OPEN, "Filled"):
+                    raise OrderRejectedError(f"parent order {parent_id} is not a working or filled order of this account")
+                if json.loads(parent["contract"])["symbol"] != symbol:
+                    raise OrderRejectedError(f"a bracket child must trade its parent's instrument "
+                                             f"({json.loads(parent['contract'])['symbol']}), not {symbol}")
             order_id = conn.execute("SELECT next_order_id FROM state WHERE id = 1").fetchone()[0]
             conn.execute("UPDATE state SET next_order_id = next_order_id + 1 WHERE id = 1")
             error = self._broker_rejection(conn, request)
             contract = self._contract(symbol) if error is None else request.contract
             conn.execute(
                 "INSERT INTO orders (order_id, perm_id, client_id, contract, action, quantity, order_type,"
-                " limit_price, tif, order_ref, status, error, placed_as_of, placed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " limit_price, tif, order_ref, status, error, placed_as_of, placed_at, aux_price, parent_id, oca_group)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (order_id, PERM_ID_OFFSET + order_id, client_id, json.dumps(contract.to_dict()), request.action,
                  float(request.quantity), request.order_type, request.limit_price, request.tif, request.order_ref,
-                 "Inactive" if error else "Submitted", error, self._as_of(conn).isoformat(), _now()))
+                 "Inactive" if error else "Submitted", error, self._as_of(conn).isoformat(), _now(),
+                 aux_price, int(parent_id), oca_group))
             row = self._order_row(conn, order_id)
-            if error is None:
+            if error is None and self._parent_filled(conn, row):
                 at = fill_price_now(request.order_type, request.action, request.limit_price,
-                                    self._price(conn, symbol), self.slippage_bps)
+                                    self._price(conn, symbol), self.slippage_bps, aux_price)
                 if at is not None:
                     return self._fill(conn, row, row["quantity"], at)
             return self._state(row)
@@ -703,6 +779,9 @@ class SimBroker(Broker):
                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                      (row["order_id"], symbol, row["action"], quantity, price, commission,
                       self._as_of(conn).isoformat(), _now()))
+        if row["oca_group"]:  # one cancels all: a fill cancels the group's other open orders
+            conn.execute(f"UPDATE orders SET status = 'Cancelled' WHERE oca_group = ? AND order_id != ? AND {_OPEN_SQL}",
+                         (row["oca_group"], row["order_id"]))
         return self._state(self._order_row(conn, row["order_id"]))
 
     def _advance(self, conn: sqlite3.Connection, day: dt.date) -> list[OrderState]:
@@ -719,16 +798,17 @@ class SimBroker(Broker):
         start = bisect.bisect_right(self.market.sessions, current)
         for session in self.market.sessions[start:bisect.bisect_right(self.market.sessions, target)]:
             conn.execute("UPDATE state SET as_of = ? WHERE id = 1", (session.isoformat(),))
-            for row in conn.execute(f"SELECT * FROM orders WHERE {_OPEN_SQL} ORDER BY order_id").fetchall():
+            for row in self._working(conn):
                 symbol = json.loads(row["contract"])["symbol"]
                 bar = self.market.bar(symbol, session)
-                at = fill_price_in_session(row["order_type"], row["action"], row["limit_price"], bar, self.slippage_bps)
+                at = fill_price_in_session(row["order_type"], row["action"], row["limit_price"], bar, self.slippage_bps,
+                                           row["aux_price"])
                 if at is not None:
                     filled.append(self._fill(conn, row, row["quantity"] - row["filled"], at))
         return filled
 
 
-def _validate(request: OrderRequest) -> None:
+def _validate(request: OrderRequest, aux_price: float | None = None, parent_id: int = 0, oca_group: str = "") -> None:
     """Refuse a malformed request before anything is sent (OrderRejectedError, naming the field)."""
     if not isinstance(request, OrderRequest):
         raise OrderRejectedError(f"expected an OrderRequest, got {type(request).__name__}")
@@ -741,8 +821,18 @@ def _validate(request: OrderRequest) -> None:
         raise OrderRejectedError(f"order quantity must be positive (the action carries the sign), got {q!r}")
     if request.action not in ("BUY", "SELL"):
         raise OrderRejectedError(f"order action must be BUY or SELL, got {request.action!r}")
-    if request.order_type not in ORDER_TYPES:
-        raise OrderRejectedError(f"order type must be one of {', '.join(ORDER_TYPES)}, got {request.order_type!r}")
+    if request.order_type not in SIM_ORDER_TYPES:
+        raise OrderRejectedError(f"order type must be one of {', '.join(SIM_ORDER_TYPES)}, got {request.order_type!r}")
+    if request.order_type == "STP":
+        ap = aux_price
+        if isinstance(ap, bool) or not isinstance(ap, numbers.Real) or not math.isfinite(ap) or ap <= 0:
+            raise OrderRejectedError(f"a STP order needs a positive stop price (aux_price), got {ap!r}")
+    elif aux_price is not None:
+        raise OrderRejectedError(f"aux_price is the trigger of a STP order; a {request.order_type} order has none")
+    if isinstance(parent_id, bool) or not isinstance(parent_id, numbers.Integral) or parent_id < 0:
+        raise OrderRejectedError(f"parent_id must be a non-negative order id, got {parent_id!r}")
+    if not isinstance(oca_group, str):
+        raise OrderRejectedError(f"oca_group must be a string, got {type(oca_group).__name__}")
     if request.order_type in ("LMT", "LOC"):
         lp = request.limit_price
         if isinstance(lp, bool) or not isinstance(lp, numbers.Real) or not math.isfinite(lp) or lp <= 0:

@@ -1,7 +1,10 @@
 """The simulator's command line, a person at TWS: `python -m lib.broker.sim [--db PATH] COMMAND`.
 
     trade SYMBOL BUY|SELL QTY [--limit PRICE]   trade now (MKT, or LMT that rests if it does not cross)
-    order SYMBOL BUY|SELL QTY --limit PRICE [--ref REF]   leave a LMT order resting
+    order SYMBOL BUY|SELL QTY --limit PRICE [--ref REF] [--oca GROUP]   leave a LMT order resting
+    stop SYMBOL BUY|SELL QTY --stop PRICE [--oca GROUP]   leave a STP order resting (e.g. a protective stop)
+    bracket SYMBOL BUY|SELL QTY --take-profit PRICE --stop-loss PRICE [--limit PRICE]
+        an entry (MKT, or LMT) with two children in one OCA group: a LMT take-profit and a STP stop-loss
     cancel ID | book | advance DATE | price SYMBOL PRICE | reset --yes [--cash N] [--account ID] [--as-of DATE]
 
 Orders carry clientId 0 and no orderRef, like manual TWS orders. Exit status: 0 done, 1 the simulated
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from lib.broker.base import Contract, OrderRequest, OrderState
 from lib.broker.sim import (CONTRACTS, DEFAULT_ACCOUNT, DEFAULT_CASH, DEFAULT_DB, MANUAL_CLIENT_ID, SimBroker,
-                            crosses, reset_state)
+                            crosses, reset_state, triggered)
 from lib.errors import BrokerError, OrderRejectedError, UnknownContractError
 
 
@@ -51,6 +54,9 @@ def _shares(value: float) -> int | float:
 def _describe(state: OrderState) -> str:
     c = state.contract
     limit = f" @ {state.limit_price:g}" if state.limit_price else ""
+    limit += f" stop {state.aux_price:g}" if state.aux_price else ""
+    limit += f" parent {state.parent_id}" if state.parent_id else ""
+    limit += f" oca {state.oca_group}" if state.oca_group else ""
     text = (f"order {state.order_id}: {state.action} {state.quantity:g} {c.symbol} {state.order_type}{limit}"
             f" -> {state.status}")
     if state.filled:
@@ -72,9 +78,11 @@ def _book(broker: SimBroker) -> str:
                         [[h.contract.symbol, _shares(h.quantity), h.avg_cost, h.market_price, h.market_value]
                          for h in snap.holdings]) if snap.holdings else "  (none)")
     lines += ["", "open orders"]
-    lines.append(_table(["id", "client", "ref", "symbol", "action", "type", "qty", "limit", "filled", "remaining", "status"],
+    lines.append(_table(["id", "client", "ref", "symbol", "action", "type", "qty", "limit", "stop", "parent", "oca",
+                         "filled", "remaining", "status"],
                         [[o.order_id, o.client_id, o.order_ref, o.contract.symbol, o.action, o.order_type,
-                          _shares(o.quantity), o.limit_price, _shares(o.filled), _shares(o.remaining), o.status] for o in snap.open_orders])
+                          _shares(o.quantity), o.limit_price, o.aux_price, o.parent_id or None, o.oca_group,
+                          _shares(o.filled), _shares(o.remaining), o.status] for o in snap.open_orders])
                  if snap.open_orders else "  (none)")
     return "\n".join(lines)
 
@@ -122,6 +130,15 @@ def _parser() -> argparse.ArgumentParser:
     resting = sub.add_parser("order", help="leave a LMT order resting (refused if it would fill now)")
     order_args(resting, True)
     resting.add_argument("--ref", default="", help="orderRef (default: none, as a manual order)")
+    resting.add_argument("--oca", default="", help="one-cancels-all group (default: none)")
+    stop = sub.add_parser("stop", help="leave a STP order resting (refused if it would trigger now)")
+    order_args(stop, False)
+    stop.add_argument("--stop", type=_price_arg, required=True, help="trigger price")
+    stop.add_argument("--oca", default="", help="one-cancels-all group (default: none)")
+    bracket = sub.add_parser("bracket", help="an entry with a take-profit (LMT) and a stop-loss (STP) child, one OCA group")
+    order_args(bracket, False)
+    bracket.add_argument("--take-profit", dest="take_profit", type=_price_arg, required=True)
+    bracket.add_argument("--stop-loss", dest="stop_loss", type=_price_arg, required=True)
     sub.add_parser("cancel", help="cancel an open order").add_argument("order_id", type=int)
     sub.add_parser("book", help="cash, positions, open orders and net liquidation")
     sub.add_parser("advance", help="move the clock forward to DATE, filling resting orders").add_argument("date")
@@ -146,6 +163,10 @@ def _run(args: argparse.Namespace) -> int:
     with SimBroker(args.db, client_id=MANUAL_CLIENT_ID) as broker:
         # A person at TWS is not bound by the pipeline's mode; trade in whichever mode the account is.
         broker.mode = "paper" if broker.account_id().startswith("DU") else "live"
+        # Nor by config/live.account: the account guard's own checks still apply.
+        broker.expected_account = broker.account_id()
+        if args.command in ("stop", "bracket"):
+            return _contingent(broker, args)
         if args.command in ("trade", "order"):
             if args.symbol not in CONTRACTS:
                 raise _UsageError(f"unknown symbol {args.symbol!r}; the simulator trades {', '.join(CONTRACTS)}")
@@ -157,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
             state = broker.place_order(OrderRequest(
                 contract=Contract(args.symbol), action=args.action, quantity=args.quantity,
                 order_type="LMT" if args.limit else "MKT", limit_price=args.limit,
-                order_ref=getattr(args, "ref", "")))
+                order_ref=getattr(args, "ref", "")), oca_group=getattr(args, "oca", ""))
             print(_describe(state))
             return 1 if state.status == "Inactive" else 0
         if args.command == "cancel":
@@ -173,6 +194,42 @@ def _run(args: argparse.Namespace) -> int:
             for state in broker.set_price(args.symbol, args.price):
                 print(_describe(state))
             print(f"{args.symbol} at {args.price:g} until the clock moves")
+    return 0
+
+
+def _contingent(broker: SimBroker, args: argparse.Namespace) -> int:
+    """`stop` and `bracket`: orders that work only once a price, or their parent's fill, triggers them."""
+    if args.symbol not in CONTRACTS:
+        raise _UsageError(f"unknown symbol {args.symbol!r}; the simulator trades {', '.join(CONTRACTS)}")
+    now = broker.price(args.symbol)
+    exit_action = "SELL" if args.action == "BUY" else "BUY"
+    if args.command == "stop":
+        if args.limit:
+            raise _UsageError("stop takes --stop PRICE, not --limit")
+        if triggered(args.action, now, args.stop):
+            raise _UsageError(f"a {args.action} stop at {args.stop:g} would trigger now ({args.symbol} is at {now:g})")
+        state = broker.place_order(OrderRequest(contract=Contract(args.symbol), action=args.action,
+                                                quantity=args.quantity, order_type="STP"),
+                                   aux_price=args.stop, oca_group=args.oca)
+        print(_describe(state))
+        return 1 if state.status == "Inactive" else 0
+    entry = args.limit or now
+    profit_side, loss_side = (args.take_profit > entry, args.stop_loss < entry) if args.action == "BUY" \
+        else (args.take_profit < entry, args.stop_loss > entry)
+    if not (profit_side and loss_side):
+        raise _UsageError(f"a {args.action} bracket entered at {entry:g} needs its take-profit beyond the entry and its "
+                          f"stop-loss on the other side (got take-profit {args.take_profit:g}, stop-loss {args.stop_loss:g})")
+    parent = broker.place_order(OrderRequest(contract=Contract(args.symbol), action=args.action, quantity=args.quantity,
+                                             order_type="LMT" if args.limit else "MKT", limit_price=args.limit))
+    print(_describe(parent))
+    if parent.status == "Inactive":
+        return 1
+    group = f"bracket-{parent.order_id}"
+    for request, aux in ((OrderRequest(contract=Contract(args.symbol), action=exit_action, quantity=args.quantity,
+                                       order_type="LMT", limit_price=args.take_profit), None),
+                         (OrderRequest(contract=Contract(args.symbol), action=exit_action, quantity=args.quantity,
+                                       order_type="STP"), args.stop_loss)):
+        print(_describe(broker.place_order(request, aux_price=aux, parent_id=parent.order_id, oca_group=group)))
     return 0
 
 

@@ -272,9 +272,37 @@ def apply_global_caps(aggregated: dict[str, dict], units: Mapping[str, float], r
 
 
 # ---- step 8-10: pending orders, own orders, delta and band ---------------------------------------
+#: Order types that work only once a price triggers them: a protective stop is not a sale in flight.
+TRIGGERED_ORDER_TYPES = frozenset({"STP", "STP LMT", "STP PRT", "TRAIL", "TRAIL LIMIT", "TRAIL LIT", "TRAIL MIT",
+                                   "MIT", "LIT"})
+
+
+def _empty_slot() -> dict:
+    return {"manual": 0.0, "own": 0.0, "own_orders": [], "contingent": 0.0, "contingent_orders": []}
+
+
+def contingency(o: docs.OpenOrder, shared_oca: set[str] | frozenset[str]) -> str | None:
+    """Why a working order cannot fill on its own (so it is not pending), or None when it can:
+    a stop/trailing/touched order, an order with conditions, the child of a bracket (non-zero
+    parentId), or a member of an OCA group another working order shares."""
+    kind = " ".join(str(o.orderType).upper().split())
+    if kind in TRIGGERED_ORDER_TYPES:
+        return f"{kind} order: fills only once its trigger price is reached"
+    if o.conditions:
+        return f"conditional order ({len(o.conditions)} condition(s))"
+    if o.parentId:
+        return f"child of order {o.parentId} (bracket)"
+    if o.ocaGroup and o.ocaGroup in shared_oca:
+        return f"member of OCA group {o.ocaGroup!r} shared with another working order"
+    return None
+
+
 def pending_by_instrument(open_orders: list[docs.OpenOrder], prefix: str, catalog: Catalog) -> dict[str, dict]:
-    """Signed remaining quantity per instrument, split into manual (any client) and our own orders."""
-    out: dict[str, dict] = {}
+    """Signed remaining quantity per instrument, split into manual (any client) and our own orders.
+
+    Only orders that can fill on their own count. Contingent ones (`contingency`) are listed apart,
+    in `contingent` and `contingent_orders`, and never count as pending."""
+    working = []
     for o in open_orders:
         if o.status in TERMINAL_STATUSES:
             continue
@@ -282,10 +310,24 @@ def pending_by_instrument(open_orders: list[docs.OpenOrder], prefix: str, catalo
             (o.model_extra or {}).get("filled") or 0.0)
         if remaining <= 0:
             continue
+        working.append((o, remaining))
+    groups = collections.Counter(o.ocaGroup for o, _ in working if o.ocaGroup)
+    shared_oca = {g for g, n in groups.items() if n > 1}
+    out: dict[str, dict] = {}
+    for o, remaining in working:
         signed = remaining if o.action == "BUY" else -remaining
         key = catalog.key(o.__dict__)
-        slot = out.setdefault(key, {"manual": 0.0, "own": 0.0, "own_orders": []})
-        if o.orderRef.startswith(prefix):
+        slot = out.get(key)
+        if slot is None:
+            slot = out[key] = _empty_slot()
+        why = contingency(o, shared_oca)
+        if why is not None:
+            slot["contingent"] += signed
+            slot["contingent_orders"].append({
+                "orderId": o.orderId, "permId": o.permId, "clientId": o.clientId, "action": o.action,
+                "remaining": remaining, "orderType": o.orderType, "auxPrice": o.auxPrice, "parentId": o.parentId,
+                "ocaGroup": o.ocaGroup, "orderRef": o.orderRef, "reason": why})
+        elif o.orderRef.startswith(prefix):
             slot["own"] += signed
             slot["own_orders"].append(o)
         else:
@@ -507,11 +549,15 @@ def _diff(decision: dict, final: Mapping[str, int], aggregated: Mapping[str, dic
     for key in sorted(final):
         a = aggregated[key]
         target, have = final[key], held.get(key, 0.0)
-        slot = pending.get(key, {"manual": 0.0, "own": 0.0, "own_orders": []})
+        slot = pending.get(key) or _empty_slot()
         mult = catalog.units[key]
         need = target - have - slot["manual"]
         row = {"instrument": key, "target": target, "held": have, "pending_manual": slot["manual"],
                "pending_own": slot["own"], "delta": 0, "action": "none"}
+        if slot["contingent_orders"]:
+            # Stops, conditional orders, bracket children, OCA members: listed, never counted as pending.
+            row["pending_contingent"] = slot["contingent"]
+            row["contingent"] = sorted(slot["contingent_orders"], key=lambda c: (c["orderId"], c["permId"]))
         if slot["own_orders"] and slot["own"] == need:
             row["action"] = "keep_own_orders"
         else:

@@ -45,20 +45,58 @@ def max_order_notional(candidates: list[dict], cap: float, adjustments: list) ->
             _shrink(c, allowed)
 
 
+def _sell_parts(c: dict) -> tuple[int, int]:
+    """A sell split into (shares that reduce an existing long, shares that open or increase a short)."""
+    sold = -c["delta"]
+    long_before = max(0, math.floor(c["position"] + 1e-9))  # whole shares held long (with pending orders)
+    reducing = min(sold, long_before)
+    return reducing, sold - reducing
+
+
 def buying_power(candidates: list[dict], available_funds: float, multiplier: float, adjustments: list) -> None:
-    """Buys may use available funds plus the proceeds of the sells before them, times `multiplier`."""
-    proceeds = sum(-c["delta"] * c["unit_price"] for c in candidates if c["delta"] < 0)
+    """Budget = (available funds + proceeds of sells that reduce an existing long) × `multiplier`.
+
+    What uses it, in the order orders are placed (the candidates: sells first, then buys): the part
+    of each sell that opens or increases a short (as a buy of the same notional would), then the
+    buys. A sell crossing from long to short adds the proceeds of the part down to zero and uses
+    buying power for the part below it. When the budget is short, the short-opening sells are
+    scaled down first (one factor for all of them, whole shares toward zero, never the part that
+    reduces a long), then the buys share what is left the same way; each cut is an adjustment.
+    """
+    proceeds, shorts, buys = 0.0, [], []
+    for c in candidates:
+        if c["delta"] < 0:
+            reducing, opening = _sell_parts(c)
+            proceeds += reducing * c["unit_price"]
+            if opening:
+                shorts.append((c, reducing, opening))
+        elif c["delta"] > 0:
+            buys.append(c)
     budget = max(0.0, (available_funds + proceeds) * multiplier)
-    buys = [c for c in candidates if c["delta"] > 0]
+    basis = (f"(available funds {available_funds:.2f} + sells reducing longs {proceeds:.2f}) × {multiplier:g} "
+             f"= {budget:.2f}")
+
+    short_notional = sum(opening * c["unit_price"] for c, _, opening in shorts)
+    if short_notional > budget + 1e-9:
+        factor = budget / short_notional
+        for c, reducing, opening in shorts:
+            allowed = -(reducing + int(math.trunc(opening * factor)))
+            if allowed != c["delta"]:
+                adjustments.append(_adj("buying_power", c["instrument"], c["delta"], allowed,
+                                        f"short sales {short_notional:.2f} above {basis}"))
+                c["delta"] = allowed
+        short_notional = sum((-c["delta"] - reducing) * c["unit_price"] for c, reducing, _ in shorts)
+    left = max(0.0, budget - short_notional)
+
     wanted = sum(c["delta"] * c["unit_price"] for c in buys)
-    if wanted <= budget + 1e-9:
+    if wanted <= left + 1e-9:
         return
-    factor = budget / wanted
+    factor = left / wanted
+    used = f"; short sales use {short_notional:.2f}" if short_notional else ""
     for c in buys:
         allowed = int(math.trunc(c["delta"] * factor))
         adjustments.append(_adj("buying_power", c["instrument"], c["delta"], allowed,
-                                f"buys {wanted:.2f} above (available funds {available_funds:.2f} + sells "
-                                f"{proceeds:.2f}) × {multiplier:g} = {budget:.2f}"))
+                                f"buys {wanted:.2f} above {basis}{used}"))
         c["delta"] = allowed
 
 
@@ -96,8 +134,9 @@ def gross_guard(candidates: list[dict], exposures: dict[str, float], limit: floa
 
 def apply(candidates: list[dict], config: docs.CommonConfig, available_funds: float, nav: float,
           exposures: dict[str, float], adjustments: list) -> None:
-    """All limits, in order: trading state, per-order notional, buying power, orders per run, and
-    the gross-exposure guard. `exposures` is |position| × unit price per managed instrument."""
+    """All limits, in order: trading state, per-order notional, buying power, orders per run, the
+    gross-exposure guard, and buying power again. `exposures` is |position| × unit price per managed
+    instrument."""
     risk = config.risk
     if config.tradingState == "reduce_only":
         reduce_only(candidates, adjustments)
@@ -107,6 +146,9 @@ def apply(candidates: list[dict], config: docs.CommonConfig, available_funds: fl
     if risk.max_orders_per_run is not None:
         max_orders(candidates, risk.max_orders_per_run, adjustments)
     gross_guard(candidates, exposures, risk.max_gross_exposure * nav, adjustments)
+    # Those two may have dropped or shrunk a sell whose proceeds funded a short sale or a buy: check
+    # the budget once more (a no-op, with no adjustment, when it still holds).
+    buying_power(candidates, available_funds, risk.margin_multiplier, adjustments)
 
 
 def approval(orders: list[dict], config: docs.CommonConfig, nav: float) -> dict[str, Any]:
