@@ -4,10 +4,32 @@ from __future__ import annotations
 import datetime as dt
 
 from lib import documents as docs
-from lib.broker.base import Broker, check_account
+from lib.broker.base import AccountSnapshot, Broker, check_account
 from lib.bus import Bus
+from lib.canonical import to_jsonable
+from lib.errors import BrokerError
 
 UTC = dt.timezone.utc
+#: Reads of the account before giving up on a state that keeps moving.
+MAX_READS = 5
+
+
+def consistent_snapshot(broker: Broker, max_reads: int = MAX_READS) -> tuple[AccountSnapshot, int]:
+    """A snapshot no fill slipped through: read twice (positions, then open orders, each time) and
+    accept only when both reads agree, reading again while they do not. A fill that lands between
+    reading the positions and the orders would otherwise be missed by both. Returns (snapshot, reads).
+    """
+    from lib.execution import contradiction
+    at = dt.datetime.now(UTC)
+    previous = broker.snapshot()
+    for reads in range(2, max_reads + 1):
+        current = broker.snapshot()
+        moved = contradiction(to_jsonable(current.to_document(at)), to_jsonable(previous.to_document(at)))
+        if moved is None:
+            return current, reads
+        previous = current
+    raise BrokerError(f"the account kept changing while it was read ({max_reads} reads; last: {moved}); "
+                      "nothing was written, reconcile again")
 
 
 def snapshot_to_bus(broker: Broker, bus: Bus, mode: str, expected_account: str | None = None,
@@ -20,8 +42,9 @@ def snapshot_to_bus(broker: Broker, bus: Bus, mode: str, expected_account: str |
 
     Every open order keeps its `orderType`, `auxPrice`, `parentId` and `ocaGroup`, so the Commander
     can tell a stop or a bracket child (contingent: not a sale in flight) from a working order.
+    The account is read until two reads agree (`consistent_snapshot`).
     """
-    snap = broker.snapshot()
+    snap, _ = consistent_snapshot(broker)
     check_account(snap.account, mode, expected_account, placing=False)
     doc = snap.to_document(now or dt.datetime.now(UTC))
     path = docs.portfolio_path(mode)
