@@ -29,6 +29,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="other commands:\n"
                "  run_pipeline.py approve EXECUTION_ID      place exactly a plan awaiting approval\n"
                "  run_pipeline.py commander [--reconcile]   the Commander alone, without notebooks\n"
+               "  run_pipeline.py backtest --from D --to D  the portfolio backtest through the real Commander\n"
                "  python -m lib.ops --help                  operator commands: strategies, config, halt/resume,\n"
                "                                            trading-state, executions, approvals, lock, operations\n"
                "exit codes: 0 success, dry run, trading disabled or exchange closed; 1 failure; 2 bad usage;\n"
@@ -113,8 +114,47 @@ def commander_main(argv: list[str]) -> int:
     return result.exit_code
 
 
+def backtest_main(argv: list[str]) -> int:
+    import datetime as dt
+    p = argparse.ArgumentParser(prog="run_pipeline.py backtest",
+                                description="Backtest the whole portfolio through the real Commander, from the "
+                                            "strategy notebooks in backtest mode; the tear sheet is kept under runs/.")
+    p.add_argument("--from", dest="start", required=True, help="first session, YYYY-MM-DD")
+    p.add_argument("--to", dest="end", required=True, help="last session, YYYY-MM-DD")
+    p.add_argument("--strategies", help="comma-separated strategy ids (default: every enabled strategy)")
+    p.add_argument("--cash", type=float, default=1_000_000.0, help="starting cash (1,000,000)")
+    for flag in ("--mode", "--bus", "--audit"):
+        p.add_argument(flag)
+    args = p.parse_args(argv)
+    try:
+        start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
+        settings = resolve({"mode": args.mode, "bus": args.bus, "audit": args.audit})
+    except ValueError as err:
+        print(f"run_pipeline.py backtest: {err}", file=sys.stderr)
+        return pipeline.EXIT_USAGE
+    if end < start:
+        print(f"run_pipeline.py backtest: --to {end} is before --from {start}", file=sys.stderr)
+        return pipeline.EXIT_USAGE
+    from lib.backtest.engine import BacktestError
+    from lib.backtest.session import run_backtest
+    try:
+        done = run_backtest(settings, start=start, end=end, cash=args.cash,
+                            strategies=[s.strip() for s in args.strategies.split(",")] if args.strategies else None)
+    except BacktestError as err:
+        print(f"backtest refused: {err}", file=sys.stderr)
+        return pipeline.EXIT_USAGE
+    print(f"backtest {done.run_id}: {done.message}")
+    for sid, err in done.failed.items():
+        print(f"  left out {sid}: {err}")
+    if done.tearsheet:
+        print(f"  tear sheet: {done.tearsheet}")
+    return pipeline.EXIT_OK if done.result is not None and not done.failed else pipeline.EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["backtest"]:
+        return backtest_main(argv[1:])
     if argv[:1] == ["approve"]:
         return approve_main(argv[1:])
     if argv[:1] == ["commander"]:

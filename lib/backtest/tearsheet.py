@@ -77,3 +77,30 @@ def costs(result: BacktestResult) -> pd.DataFrame:
 
 def title(text: str, result: BacktestResult) -> str:
     return f"{text} — SYNTHETIC prices" if result.synthetic else text
+
+
+def shortfall(result: BacktestResult, bus_url: str | None, mode: str = "paper", limit: int = 500) -> list[dict]:
+    """Per execution the paper pipeline recorded in the backtest's period: its final target against the
+    backtest's position that session, largest gaps first (the idea of Moonchart's shortfall tear sheet)."""
+    if not bus_url:
+        return []
+    from lib.bus import open_bus
+    sessions = result.sessions.index
+    first, last = pd.Timestamp(sessions[0]), pd.Timestamp(sessions[-1])
+    rows = []
+    with open_bus(bus_url) as bus:
+        page = bus.page("executions", order_by="executed_at", limit=limit)
+    for eid, rec in page:
+        if rec.get("mode") != mode or rec.get("status") not in ("completed", "partial_success", "interrupted"):
+            continue
+        at = pd.Timestamp(rec["executed_at"]).tz_convert("America/New_York").normalize().tz_localize(None)
+        if not first <= at <= last or at not in result.positions.index:
+            continue
+        held = result.positions.loc[at]
+        for r in (rec.get("decision") or {}).get("final_target") or []:
+            symbol = r["instrument"].split(":")[1]
+            backtest = float(held.get(symbol, 0.0))
+            rows.append({"session": at.date(), "execution": eid, "symbol": symbol,
+                         "recorded_target": r["quantity"], "backtest_position": backtest,
+                         "gap": backtest - r["quantity"]})
+    return sorted(rows, key=lambda r: -abs(r["gap"]))
