@@ -335,9 +335,20 @@ def test_rejected_order_returns_inactive_with_the_error(gateway, broker):
     assert broker.place_order(OrderRequest(SPY, "BUY", 1, "LMT", 400.0)).status in ACKNOWLEDGED
 
 
-def test_unknown_symbol_order_is_rejected_with_error_200(gateway, broker):
-    state = broker.place_order(OrderRequest(Contract("NOPE"), "BUY", 1, "LMT", 10.0))
-    assert state.status == "Inactive" and "200" in state.error
+def test_an_unknown_contract_is_never_sent_and_says_ibs_reason(gateway, broker):
+    from lib.errors import UnknownContractError
+    with pytest.raises(UnknownContractError, match="IB error 200"):
+        broker.place_order(OrderRequest(Contract("NOPE"), "BUY", 1, "LMT", 10.0, order_ref="nope"))
+    assert "nope" not in gateway.received_refs()  # qualified first: the order never left
+
+
+def test_orders_go_out_as_qualified_contracts_looked_up_once(gateway, broker):
+    before = sum(1 for _, f in gateway.received if f and f[0] == "9")  # reqContractDetails messages
+    for ref in ("q1", "q2"):
+        broker.place_order(OrderRequest(SPY, "BUY", 1, "LMT", 400.0, order_ref=ref))
+    sent = [p for p in gateway.parsed_orders if p["orderRef"] in ("q1", "q2")]
+    assert len(sent) == 2 and all(p["contract"]["conId"] for p in sent)  # IB's own contract id went out
+    assert sum(1 for _, f in gateway.received if f and f[0] == "9") - before <= 1  # cached after the first
 
 
 def test_moc_and_loc_orders_wait_for_the_closing_auction(gateway, broker):

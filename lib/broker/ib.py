@@ -220,6 +220,8 @@ class IBBroker(Broker):
         self._id_waiters: list[asyncio.Future] = []  # reserve_order_ids waiting for nextValidId
         self._reserved_next = 0  # every id below this was reserved by this connection
         self._last_api_error = ""
+        self._last_contract_error = ""
+        self._contracts: dict[tuple, Any] = {}  # instrument → IB's qualified contract, per connection
         self._closed = False
         self._account = ""
         self._thread = _LoopThread(f"ib-broker-{self.host}:{self.port}-{self.client_id}")
@@ -386,6 +388,8 @@ class IBBroker(Broker):
             self._errors[req_id] = (code, message)
         if code == 326:
             self._last_api_error = message
+        if code == 200:
+            self._last_contract_error = f"IB error 200: {message}"
 
     def _on_api_error(self, message: str) -> None:
         self._last_api_error = message
@@ -640,16 +644,33 @@ class IBBroker(Broker):
         return out
 
     def qualify(self, contract: Contract) -> Contract:
-        """The contract completed by IB (conId, primary exchange); raises UnknownContractError."""
+        """The contract completed by IB (conId, primary exchange); raises UnknownContractError with
+        IB's reason when it does not know it or finds several. Cached per connection."""
         with self._guard(f"qualify {contract.symbol}"):
             self._ensure_connected()
-            self._pace()
-            result = self._run(self._ib.qualifyContractsAsync(self._ib_contract(contract)))
-            if not result or result[0] is None:
-                raise UnknownContractError(
-                    f"IB does not know the contract {contract.symbol!r} ({contract.secType}, "
-                    f"{contract.currency}, {contract.exchange}) or finds it ambiguous")
-            return self._lib_contract(result[0])
+            return self._lib_contract(self._qualified(contract))
+
+    def _qualified(self, contract: Contract) -> IBContract:
+        """IB's own contract for `contract` (reqContractDetails once per instrument and connection)."""
+        key = (contract.secType, contract.symbol, contract.currency, contract.lastTradeDateOrContractMonth,
+               contract.strike, contract.right, contract.multiplier, contract.primaryExchange, contract.conId)
+        found = self._contracts.get(key)
+        if found is not None:
+            return found
+        self._pace()
+        self._last_contract_error = ""
+        result = self._run(self._ib.qualifyContractsAsync(self._ib_contract(contract), returnAll=True))
+        what = f"{contract.symbol!r} ({contract.secType}, {contract.currency}, {contract.exchange})"
+        if not result or result[0] is None:
+            why = f": {self._last_contract_error}" if self._last_contract_error else ""
+            raise UnknownContractError(f"IB does not know the contract {what}{why}")
+        if isinstance(result[0], list):
+            choices = ", ".join(f"{c.symbol} {c.secType} {c.primaryExchange or c.exchange} conId {c.conId}"
+                                for c in result[0] if c is not None)
+            raise UnknownContractError(f"IB finds the contract {what} ambiguous: {choices}; give conId or "
+                                       "primaryExchange")
+        self._contracts[key] = result[0]
+        return result[0]
 
     def place_order(self, request: OrderRequest) -> OrderState:
         """Check the account guard, send the order, and return its state once IB acknowledged it.
@@ -672,10 +693,12 @@ class IBBroker(Broker):
             self._ensure_connected()
             check_account(self._account, self.mode, self.expected_account)
             order = self._ib_order(request)
+            # Orders go out as IB's own qualified contract; an unknown or ambiguous one is never sent.
+            contract = self._qualified(request.contract)
             self._pace()
-            return self._run(self._place_async(request, order), self.ack_timeout + 1)
+            return self._run(self._place_async(request, order, contract), self.ack_timeout + 1)
 
-    async def _place_async(self, request: OrderRequest, order: Order) -> OrderState:
+    async def _place_async(self, request: OrderRequest, order: Order, contract: IBContract) -> OrderState:
         if request.order_id is not None:
             if self._find_trade(request.order_id) is not None:
                 # ib_async would send it as a modification of that order.
@@ -685,7 +708,7 @@ class IBBroker(Broker):
                     "(IB would answer 103 'Duplicate order id')")
             order.orderId = request.order_id
             self._ib.client.updateReqId(request.order_id + 1)
-        trade = self._ib.placeOrder(self._ib_contract(request.contract), order)  # raises when not connected
+        trade = self._ib.placeOrder(contract, order)  # raises when not connected
         self._trades[order.orderId] = trade
         if not await self._until(lambda: self._acknowledged(trade), self.ack_timeout) and not self._ib.isConnected():
             raise SendUncertainError(
