@@ -35,6 +35,7 @@ from lib import documents as docs
 from lib import lease as leases
 from lib.audit import AuditStore
 from lib.broker.base import Broker, Contract, OrderRequest, check_account
+from lib.book import book_path
 from lib.bus import Bus, Write
 from lib.canonical import dumps, fingerprint, iso, to_jsonable
 from lib.commander import decide
@@ -101,7 +102,7 @@ def gather_inputs(bus: Bus, mode: str, execution_id: str, now: dt.datetime, wind
     """
     strategies = bus.list("strategies")
     state_doc = bus.get(state_path(mode)) or {}
-    paths = [docs.common_config_path(), docs.mode_config_path(mode), docs.portfolio_path(mode)]
+    paths = [docs.common_config_path(), docs.mode_config_path(mode), docs.portfolio_path(mode), book_path(mode)]
     paths += [docs.intent_path(sid) for sid in strategies]
     paths += [docs.ledger_path(sid) for sid in strategies]
     last_id = state_doc.get("last_execution_id")
@@ -125,6 +126,8 @@ def gather_inputs(bus: Bus, mode: str, execution_id: str, now: dt.datetime, wind
         "config": got[docs.common_config_path()], "strategies": strategies, "intents": intents,
         "portfolio": got[docs.portfolio_path(mode)], "previous_execution": previous,
         "ledgers": {sid: got[docs.ledger_path(sid)] for sid in strategies if got[docs.ledger_path(sid)]},
+        # Only what the manual-trade policy reads: the own positions and the uncertain instruments.
+        "book": {k: (got[book_path(mode)] or {}).get(k) or {} for k in ("positions", "uncertain")},
     })
     context = {
         "portfolio_snapshot_ref": _ref(docs.portfolio_path(mode), got[docs.portfolio_path(mode)]),
@@ -620,9 +623,14 @@ def _run(bus: Bus, conn: _Connection, *, mode, execution_id, now, window_start, 
     elif unfinished:
         notes.append(f"{docs.execution_path(unfinished)} did not finish placing; a run holding the lease "
                      "resolves it (this dry run does not)")
+    book_problem = _update_book(bus, conn, mode, now, fence) if lease is not None else None
+    if book_problem:
+        notes.append(book_problem)
 
     for attempt in (1, 2):
         gathered = gather_inputs(bus, mode, execution_id, now, window_start)
+        if book_problem:
+            gathered["inputs"]["book"] = {**(gathered["inputs"].get("book") or {}), "stale": book_problem}
         decision = decide(gathered["inputs"])
         try:
             config = docs.load(docs.CommonConfig, docs.common_config_path(), gathered["inputs"]["config"])
@@ -671,6 +679,21 @@ def _run(bus: Bus, conn: _Connection, *, mode, execution_id, now, window_start, 
     else:
         write_record(bus, record, fence)
     return record
+
+
+def _update_book(bus: Bus, conn: _Connection, mode: str, now: dt.datetime, fence: dict | None) -> str | None:
+    """Bring the Commander's own book up to date from the broker's reports of our orders; returns
+    why it could not (the decision then treats every book-dependent instrument as uncertain)."""
+    from lib import book
+    config = bus.get(docs.common_config_path()) or {}
+    prefix = (config.get("orders") or {}).get("order_ref_prefix") or "cmdr-"
+    try:
+        found = conn.get().orders_by_ref(prefix)
+    except BrokerError as err:
+        return f"the Commander's own book could not be updated: {err}"
+    updated = book.update(bus.get(book.book_path(mode)), found, prefix, now)
+    bus.commit([Write("set", book.book_path(mode), updated)], expect=fence)
+    return None
 
 
 def _refuse(bus: Bus, *, execution_id, now, mode, trigger, run_id, notebooks, reason, fence, audit,
