@@ -75,6 +75,10 @@ class CommonConfig(_Doc):
     freshMinutes: Optional[float] = Field(None, gt=0.0)
     order_rate_per_second: float = Field(20.0, gt=0.0, le=50.0)
     ack_timeout_seconds: float = Field(30.0, gt=0.0)
+    # `correct`: the account converges to the strategies' target (manual trades are corrected);
+    # `respect`: the manual part (holding − the Commander's own book) is kept, manual orders left alone.
+    manual_trades: Literal["correct", "respect"] = "correct"
+    manual_trades_by_symbol: dict[str, Literal["correct", "respect"]] = {}
 
 
 class ModeConfig(_Doc):
@@ -98,6 +102,10 @@ class StrategyConfig(_Doc):
     parameters: dict[str, Any] = {}
     halted: bool = False
     halted_reason: Optional[str] = None
+    # Market data (lib.data): the symbols whose daily bars the pipeline brings up to date before the
+    # strategy runs, and how many sessions it reads.
+    universe: list[Annotated[str, Field(pattern=r"^[A-Z0-9][A-Z0-9 ._\-]{0,23}$")]] = []
+    lookback: Optional[Annotated[int, Field(ge=1, le=20_000)]] = None
 
 
 @with_config(ConfigDict(extra="forbid", allow_inf_nan=False))

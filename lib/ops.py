@@ -11,6 +11,9 @@
     executions list [--limit N] [--status S] | show ID | export ID [--out FILE]
     approvals list
     lock show | clear                      (clear only a lease whose holder is gone or expired)
+    manual list | release SYMBOL | settle SYMBOL QTY
+                                           manual parts (holding − the Commander's own book); release
+                                           hands one to the Commander; settle states its own position
     operations list [--limit N]            the trail of every change made here
 
 Every write is validated by the document's model and refused whole when invalid (the message names
@@ -179,6 +182,39 @@ def clear_lock(bus: Bus, mode: str, now: dt.datetime | None = None) -> str:
                          expect=_unchanged(path, current))
 
 
+# ---- manual parts (the Commander's own book) -----------------------------------------------------
+def manual_rows(bus: Bus, mode: str) -> list[dict]:
+    """Per instrument: held (last snapshot), the Commander's own book, the manual part, uncertainty."""
+    from lib import book
+    from lib.commander.instrument import Catalog
+    snap = bus.get(docs.portfolio_path(mode)) or {}
+    catalog = Catalog()
+    held: dict[str, float] = {}
+    for h in snap.get("holdings") or []:
+        key = catalog.key(h)
+        held[key] = held.get(key, 0.0) + float(h.get("quantity") or 0)
+    own = bus.get(book.book_path(mode)) or {}
+    parts = book.manual_parts(own, held)
+    keys = sorted(set(held) | set(own.get("positions") or {}) | set(own.get("uncertain") or {}))
+    return [{"instrument": k, "held": held.get(k, 0.0), "own": (own.get("positions") or {}).get(k, 0.0),
+             "manual": parts.get(k, 0.0), "uncertain": (own.get("uncertain") or {}).get(k, "")} for k in keys]
+
+
+def assign_book(bus: Bus, mode: str, symbol: str, quantity: float | None, what: str) -> str:
+    """Set the Commander's own position in SYMBOL (None: the whole holding, i.e. release the manual part)."""
+    from lib import book
+    rows = {r["instrument"].split(":")[1]: r for r in manual_rows(bus, mode)}
+    if symbol not in rows:
+        raise OpsError(f"{symbol} is neither held nor in the Commander's book (see: manual list)")
+    row = rows[symbol]
+    path = book.book_path(mode)
+    current = bus.get(path)
+    new = book.assign(current, row["instrument"], row["held"] if quantity is None else quantity,
+                      dt.datetime.now(UTC))
+    return record_change(bus, what, [Write("set", path, new)], {path: current} if current else {},
+                         expect=_unchanged(path, current))
+
+
 # ---- the command line ---------------------------------------------------------------------------
 def _print_table(rows: list[list[Any]], header: list[str]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
@@ -228,6 +264,12 @@ def _parser() -> argparse.ArgumentParser:
     lk = sub.add_parser("lock", help="show or clear the run lease").add_subparsers(dest="verb", required=True)
     lk.add_parser("show")
     lk.add_parser("clear")
+    mn = sub.add_parser("manual", help="manual parts: list, release, settle").add_subparsers(dest="verb", required=True)
+    mn.add_parser("list")
+    mn.add_parser("release").add_argument("symbol")
+    st_ = mn.add_parser("settle")
+    st_.add_argument("symbol")
+    st_.add_argument("quantity", type=float)
     op = sub.add_parser("operations", help="the trail of changes").add_subparsers(dest="verb", required=True)
     ol = op.add_parser("list")
     ol.add_argument("--limit", type=int, default=20)
@@ -323,6 +365,20 @@ def _dispatch(bus: Bus, a: argparse.Namespace, mode: str, root: Path) -> int:
         else:
             op = clear_lock(bus, mode)
             print(f"cleared {docs.lock_path(mode)} (operations/{op})")
+    elif noun == "manual":
+        if verb == "list":
+            rows = [[r["instrument"], f"{r['held']:g}", f"{r['own']:g}", f"{r['manual']:g}", r["uncertain"]]
+                    for r in manual_rows(bus, mode)]
+            if rows:
+                _print_table(rows, ["instrument", "held", "own book", "manual part", "uncertain"])
+            else:
+                print("Nothing held and nothing in the Commander's book.")
+        elif verb == "release":
+            op = assign_book(bus, mode, a.symbol, None, f"manual release {a.symbol}")
+            print(f"{a.symbol}: the manual part is handed to the Commander (operations/{op})")
+        else:
+            op = assign_book(bus, mode, a.symbol, a.quantity, f"manual settle {a.symbol} {a.quantity:g}")
+            print(f"{a.symbol}: the Commander's own position is {a.quantity:g} (operations/{op})")
     elif noun == "operations":
         rows = [[i, iso(d["at"]), d.get("user"), d.get("host"), d.get("what")]
                 for i, d in bus.page("operations", order_by="at", limit=a.limit)]

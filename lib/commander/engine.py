@@ -541,19 +541,44 @@ def _aggregate(per_strategy: Mapping[str, dict], previous: Mapping[str, Any] | N
     return aggregated
 
 
+def manual_policy(config: docs.CommonConfig, catalog: Catalog, keys) -> dict[str, str]:
+    """The instruments under the `respect` manual-trade policy (the default and `correct` are left out)."""
+    by_symbol = config.manual_trades_by_symbol
+    out = {}
+    for key in keys:
+        policy = by_symbol.get(catalog.contracts[key].get("symbol"), config.manual_trades)
+        if policy == "respect":
+            out[key] = policy
+    return out
+
+
 def _diff(decision: dict, final: Mapping[str, int], aggregated: Mapping[str, dict], held: Mapping[str, float],
-          pending: Mapping[str, dict], config: docs.CommonConfig, catalog: Catalog) -> list[dict]:
+          pending: Mapping[str, dict], config: docs.CommonConfig, catalog: Catalog,
+          respected: Mapping[str, float] | None = None, uncertain: Mapping[str, str] | None = None) -> list[dict]:
     """One diff row per managed instrument, our mismatched working orders to cancel, and the
-    candidate orders (sells first) that the band let through."""
+    candidate orders (sells first) that the band let through.
+
+    `respected` maps the instruments under the `respect` policy to their manual part: the account's
+    target there is the strategies' target plus that part, and manual working orders are left to
+    their owner (not counted). Those in `uncertain` (the own book has a gap) get no order at all."""
     candidates = []
+    respected, uncertain = respected or {}, uncertain or {}
     for key in sorted(final):
         a = aggregated[key]
         target, have = final[key], held.get(key, 0.0)
         slot = pending.get(key) or _empty_slot()
         mult = catalog.units[key]
-        need = target - have - slot["manual"]
+        counted_manual = 0.0 if key in respected else slot["manual"]
+        need = target + respected.get(key, 0.0) - have - counted_manual
         row = {"instrument": key, "target": target, "held": have, "pending_manual": slot["manual"],
                "pending_own": slot["own"], "delta": 0, "action": "none"}
+        if key in respected:
+            row.update(policy="respect", manual_part=respected[key])
+            if key in uncertain:
+                row.update(action="uncertain_book", note=uncertain[key])
+                decision["final_target"].append({"instrument": key, "quantity": target, "price": a["price"]})
+                decision["diff"].append(row)
+                continue
         if slot["contingent_orders"]:
             # Stops, conditional orders, bracket children, OCA members: listed, never counted as pending.
             row["pending_contingent"] = slot["contingent"]
@@ -573,7 +598,7 @@ def _diff(decision: dict, final: Mapping[str, int], aggregated: Mapping[str, dic
                 else:
                     row.update(action="trade", delta=delta)
                     candidates.append({"instrument": key, "delta": delta, "wanted": delta, "row": row,
-                                       "position": have + slot["manual"], "unit_price": a["price"] * mult,
+                                       "position": have + counted_manual, "unit_price": a["price"] * mult,
                                        "price": a["price"]})
             if slot["own_orders"] and row["action"] == "none":
                 row["action"] = "cancel_own_orders"
@@ -585,6 +610,20 @@ def _diff(decision: dict, final: Mapping[str, int], aggregated: Mapping[str, dic
         decision["diff"].append(row)
     candidates.sort(key=lambda c: (c["delta"] > 0, c["instrument"]))  # sells first: their proceeds fund buys
     return candidates
+
+
+def _manual_parts(raw_book: Any, config: docs.CommonConfig, catalog: Catalog, final: Mapping[str, int],
+                  held: Mapping[str, float]) -> tuple[dict[str, float], dict[str, str]]:
+    """For the instruments under `respect`: the manual part (holding − own book) and the uncertain ones."""
+    policy = manual_policy(config, catalog, final)
+    if not policy:
+        return {}, {}
+    book = raw_book if isinstance(raw_book, Mapping) else {}
+    own = book.get("positions") or {}
+    uncertain = {k: str(v) for k, v in (book.get("uncertain") or {}).items() if k in policy}
+    if book.get("stale"):
+        uncertain = {k: str(book["stale"]) for k in policy}
+    return {k: held.get(k, 0.0) - float(own.get(k, 0.0)) for k in policy}, uncertain
 
 
 def _decide(inputs: Mapping[str, Any]) -> dict:
@@ -626,7 +665,8 @@ def _decide(inputs: Mapping[str, Any]) -> dict:
     adjustments = decision["adjustments"]
     final = apply_global_caps(aggregated, catalog.units, config.risk, nav, adjustments)
     pending = pending_by_instrument(portfolio.open_orders, config.orders.order_ref_prefix, catalog)
-    candidates = _diff(decision, final, aggregated, held, pending, config, catalog)
+    respected, uncertain = _manual_parts(inputs.get("book"), config, catalog, final, held)
+    candidates = _diff(decision, final, aggregated, held, pending, config, catalog, respected, uncertain)
 
     kept = {r["instrument"] for r in decision["diff"] if r["action"] == "keep_own_orders"}
     exposures = {}
