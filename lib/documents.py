@@ -37,7 +37,8 @@ class _Loose(BaseModel):
 
 # ---- config/common and config/{mode} -------------------------------------------------------------
 class Exposure(_Doc):
-    overall: float = Field(1.0, description="fraction of net liquidation the strategies may use")
+    # (0, 1]: leverage is allowed only through an explicit risk.max_gross_exposure above 1.
+    overall: float = Field(1.0, gt=0.0, le=1.0, description="fraction of net liquidation the strategies may use")
 
 
 class OrderDefaults(_Doc):

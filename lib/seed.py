@@ -31,19 +31,19 @@ DEFAULT_STRATEGIES = {
         description="MACD regime on SPY with VIXY as the hedge in bearish regimes",
         enabled=True, author="system", capital_allocation=0.6,
         risk_parameters=docs.RiskParameters(max_drawdown=0.15, max_single_position_exposure=1.0),
-        notebook="notebooks/strategies/spy_macd_vixy.ipynb"),
+        notebook="notebooks/strategies/spy_macd_vixy.ipynb", universe=["SPY", "VIXY"], lookback=200),
     "test_signal_generator": docs.StrategyConfig(
         name="Test Signal Generator",
         description="MACD on SPY, long or short every run: produces a signal to validate the pipeline end to end",
         enabled=True, author="system", capital_allocation=0.1,
         risk_parameters=docs.RiskParameters(max_drawdown=0.5, max_single_position_exposure=1.0),
-        notebook="notebooks/strategies/test_signal_generator.ipynb"),
+        notebook="notebooks/strategies/test_signal_generator.ipynb", universe=["SPY"], lookback=60),
     "dummy": docs.StrategyConfig(
         name="Dummy Strategy",
         description="A fixed target; the template to copy for a new strategy",
         enabled=True, author="system", capital_allocation=0.1,
         risk_parameters=docs.RiskParameters(max_drawdown=0.5, max_single_position_exposure=1.0),
-        notebook="notebooks/strategies/dummy.ipynb"),
+        notebook="notebooks/strategies/dummy.ipynb", universe=["GLD", "TLT"], lookback=40),
 }
 
 
@@ -72,6 +72,33 @@ def seed(bus: Bus, mode: str = "paper") -> dict[str, str]:
     return result
 
 
+#: Collections whose documents mean the bus is in use (an operator's, or a run's).
+_IN_USE = ("config", "strategies", "state", "books", "operations", "order_ids")
+
+
+def is_empty(bus: Bus) -> bool:
+    """Whether the bus holds none of this project's documents: only then is seeding automatic."""
+    if any(bus.list(c) for c in _IN_USE):
+        return False
+    return not bus.page("executions", order_by="executed_at", limit=1)
+
+
+def restore_config(bus: Bus, mode: str = "paper") -> bool:
+    """Recreate a missing config/common with trading DISABLED (an operator re-enables it deliberately:
+    `python -m lib.ops resume`); returns whether it wrote it. Never overwrites."""
+    data = default_documents(mode)[docs.common_config_path()]
+    try:
+        bus.create(docs.common_config_path(), {**data, "tradingEnabled": False})
+        return True
+    except AlreadyExistsError:
+        return False
+
+
+MISSING_CONFIG = ("config/common is missing on a bus that holds other documents: nothing runs and nothing "
+                  "is placed. Restore it with `python -m lib.seed --restore-config` (trading disabled; then "
+                  "`python -m lib.ops config set ...` and `python -m lib.ops resume`), or write it back from a backup.")
+
+
 def main(argv: list[str] | None = None) -> int:
     from lib.settings import resolve
     parser = argparse.ArgumentParser(prog="python -m lib.seed", description=__doc__.splitlines()[0])
@@ -79,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["paper", "live"],
                         help="trading mode to seed for (default: $COMMANDER_MODE or paper); live seeds trading "
                              "disabled and the example strategies disabled")
+    parser.add_argument("--restore-config", action="store_true",
+                        help="recreate a missing config/common with tradingEnabled false (on a bus in use)")
     args = parser.parse_args(argv)
     try:
         settings = resolve({"bus": args.bus, "mode": args.mode})
@@ -87,6 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with open_bus(settings.bus) as bus:
+            if args.restore_config:
+                done = restore_config(bus, settings.mode)
+                print("restored config/common with tradingEnabled false; review it (python -m lib.ops config "
+                      "show) and resume trading with: python -m lib.ops resume" if done
+                      else "config/common exists: nothing changed")
+                return 0
+            if not is_empty(bus):
+                missing = [p for p in default_documents(settings.mode) if bus.get(p) is None]
+                if docs.common_config_path() in missing:
+                    print(MISSING_CONFIG, file=sys.stderr)
+                    return 1
             for path, what in seed(bus, settings.mode).items():
                 print(f"{what:8s} {path}")
             if settings.mode == "live":

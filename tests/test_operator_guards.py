@@ -39,3 +39,27 @@ def test_a_simulator_clock_ahead_of_today_is_followed_and_said(tmp_path):
     assert result.exit_code == 0, result.message
     log = (tmp_path / "pipeline.log").read_text()
     assert f"the simulator's clock is at {ahead}" in log and "running at the simulator's clock" in log
+
+
+def test_a_missing_config_on_a_bus_in_use_is_never_reseeded(tmp_path):
+    from lib import documents as docs
+    env = PipelineEnv.embedded(tmp_path)
+    with env.bus() as bus:
+        bus.set("strategies/mine", {"name": "mine", "enabled": True, "capital_allocation": 0.5})
+    result = env.run(strategies=[])
+    assert result.exit_code == 1 and "config/common is missing" in result.message and "--restore-config" in result.message
+    with env.bus() as bus:
+        assert bus.get(docs.common_config_path()) is None  # not silently recreated with trading enabled
+    restored = subprocess.run([sys.executable, "-m", "lib.seed", "--bus", env.settings.bus, "--restore-config"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert restored.returncode == 0, restored.stderr
+    with env.bus() as bus:
+        assert bus.get(docs.common_config_path())["tradingEnabled"] is False  # the operator resumes deliberately
+
+
+def test_exposure_above_one_is_refused_naming_the_field():
+    from lib.commander import decide
+    from tests.commander_inputs import config, inputs, intent, strategy, target
+    d = decide(inputs({"a": strategy(0.5)}, {"a": intent(target("SPY", 1))}, cfg=config(exposure__overall=5.0)))
+    assert d["status"] == "blocked" and not d["orders"]
+    assert "config/common: field 'exposure.overall'" in d["blocked_reasons"][0]["detail"]
