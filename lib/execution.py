@@ -108,7 +108,7 @@ def gather_inputs(bus: Bus, mode: str, execution_id: str, now: dt.datetime, wind
     last_id = state_doc.get("last_execution_id")
     if last_id:
         paths.append(docs.execution_path(last_id))
-    got = bus.get_many(paths)
+    got = {p: _finite_or_marked(d) for p, d in bus.get_many(paths).items()}
     previous = got.get(docs.execution_path(last_id)) if last_id else None
     if previous is not None:
         # Only what the decision reads: its accepted targets and when orders were last placed.
@@ -139,6 +139,19 @@ def gather_inputs(bus: Bus, mode: str, execution_id: str, now: dt.datetime, wind
     }
     return {"inputs": inputs, "context": context, "mode_config": got[docs.mode_config_path(mode)] or {},
             "state": state_doc}
+
+
+def _finite_or_marked(value):
+    """A document with every NaN or infinity (Firestore stores them; JSON and our models refuse them)
+    replaced by the text "NaN"/"Infinity": validation then names the document and the field, and only
+    what depends on that document is blocked, instead of the whole run failing on serialisation."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite_or_marked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_marked(v) for v in value]
+    return value
 
 
 def _ref(path: str, doc: dict | None) -> str:
