@@ -597,7 +597,7 @@ class _Connection:
 def run_commander(bus: Bus, open_broker: Callable[[], Broker], *, mode: str, execution_id: str, now: dt.datetime,
                   window_start: dt.datetime, dry_run: bool, trigger: str, run_id: str, notebooks: list[str],
                   audit: AuditStore | None = None, lease: leases.Lease | None = None,
-                  lease_ttl: dt.timedelta = leases.DEFAULT_TTL) -> dict:
+                  lease_ttl: dt.timedelta = leases.DEFAULT_TTL, reconcile_failed: bool = False) -> dict:
     """Recover, gather, decide, place (unless gated), write the record; returns the record.
 
     Placing needs the lease: pass the one the pipeline holds, or (a run by hand) it is taken here
@@ -608,8 +608,16 @@ def run_commander(bus: Bus, open_broker: Callable[[], Broker], *, mode: str, exe
         own = lease = leases.acquire(bus, mode, f"commander-{execution_id}", lease_ttl, now).start_heartbeat()
     conn = _Connection(open_broker)
     try:
-        return _run(bus, conn, mode=mode, execution_id=execution_id, now=now, window_start=window_start,
-                    dry_run=dry_run, trigger=trigger, run_id=run_id, notebooks=notebooks, audit=audit, lease=lease)
+        record = _run(bus, conn, mode=mode, execution_id=execution_id, now=now, window_start=window_start,
+                      dry_run=dry_run, trigger=trigger, run_id=run_id, notebooks=notebooks, audit=audit, lease=lease)
+        if reconcile_failed:
+            # Say which earlier snapshot the decision used, so "holdings match" is never read as today's.
+            taken = (record.get("context") or {}).get("portfolio_snapshot_ref", "").rpartition("@")[2] or "unknown"
+            note = (f"Reconcile failed in this run: the decision used the earlier snapshot "
+                    f"{docs.portfolio_path(mode)} taken at {taken}.")
+            record = bus.update(docs.execution_path(execution_id),
+                                {"summary": f"{record['summary']} {note}", "warnings": [*record.get("warnings", []), note]})
+        return record
     finally:
         conn.close()
         if own is not None:

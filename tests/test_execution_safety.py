@@ -184,3 +184,15 @@ def test_a_3000_instrument_plan_keeps_the_record_under_1_mib_and_replays(tmp_pat
     assert stored["status"] == "placing" and stored["orders_planned"] == 3000
     result = replay(json.loads(json.dumps(stored, default=str)))
     assert result["orders_match"] and result["decision_match"]
+
+
+def test_after_a_failed_reconcile_the_summary_names_the_earlier_snapshot(env):
+    env.seed({"GLD": 0})
+    taken = env.bus.get(docs.portfolio_path("paper"))["updated_at"]
+    now = dt.datetime.now(UTC)
+    record = execution.run_commander(env.bus, lambda: open_broker(env.url, "paper"), mode="paper", execution_id="e9",
+                                     now=now, window_start=now - dt.timedelta(hours=1), dry_run=True,
+                                     trigger="manual", run_id="e9", notebooks=[], reconcile_failed=True)
+    assert record["summary"].startswith("Dry run") and "Reconcile failed in this run" in record["summary"]
+    assert taken.isoformat().replace("+00:00", "Z")[:19] in record["summary"]
+    assert env.bus.get(docs.execution_path("e9"))["summary"] == record["summary"]
