@@ -63,3 +63,12 @@ def test_exposure_above_one_is_refused_naming_the_field():
     d = decide(inputs({"a": strategy(0.5)}, {"a": intent(target("SPY", 1))}, cfg=config(exposure__overall=5.0)))
     assert d["status"] == "blocked" and not d["orders"]
     assert "config/common: field 'exposure.overall'" in d["blocked_reasons"][0]["detail"]
+
+
+def test_a_snapshot_dated_in_the_future_is_refused():
+    from lib.commander import decide
+    from tests.commander_inputs import inputs, intent, portfolio, strategy, target
+    d = decide(inputs({"a": strategy(0.5)}, {"a": intent(target("SPY", 1))},
+                      portfolio(updated_at="2030-01-02T00:00:00Z")))
+    assert d["status"] == "blocked" and "is in the future" in d["blocked_reasons"][0]["detail"]
+    assert "positions/paper/portfolio/latest: field 'updated_at'" in d["blocked_reasons"][0]["detail"]

@@ -31,6 +31,10 @@ FUTURE_SKEW = dt.timedelta(minutes=5)  # tolerated clock skew between a strategy
 ALLOCATION_TOLERANCE = 1e-9
 
 
+#: A document dated later than now by more than this is invalid (a wrong clock, a bad write).
+FUTURE_TOLERANCE = dt.timedelta(minutes=5)
+
+
 class InputError(ValueError):
     """The inputs object itself is malformed (not a document inside it): the CLI exits 2."""
 
@@ -449,6 +453,9 @@ def _check_portfolio(decision: dict, raw: Any, args: _Inputs) -> docs.PortfolioS
         portfolio = docs.load(docs.PortfolioSnapshot, path, raw)
     except DocumentError as err:
         return _refuse(decision, "portfolio", str(err))
+    if portfolio.updated_at > args.now + FUTURE_TOLERANCE:
+        return _refuse(decision, "portfolio", f"{path}: field 'updated_at' {iso(portfolio.updated_at)} is in the "
+                                              f"future (now {iso(args.now)}): a wrong clock or a bad write")
     if portfolio.updated_at < args.window_start:
         return _refuse(decision, "portfolio", f"{path}: field 'updated_at' {iso(portfolio.updated_at)} is before "
                                               f"the window start {iso(args.window_start)} (stale snapshot)")
