@@ -5,7 +5,7 @@
     stop SYMBOL BUY|SELL QTY --stop PRICE [--oca GROUP]   leave a STP order resting (e.g. a protective stop)
     bracket SYMBOL BUY|SELL QTY --take-profit PRICE --stop-loss PRICE [--limit PRICE]
         an entry (MKT, or LMT) with two children in one OCA group: a LMT take-profit and a STP stop-loss
-    cancel ID | book | advance DATE | price SYMBOL PRICE | reset --yes [--cash N] [--account ID] [--as-of DATE]
+    cancel ID | book | advance DATE|next | price SYMBOL PRICE | reset --yes [--cash N] [--account ID] [--as-of DATE]
 
 Orders carry clientId 0 and no orderRef, like manual TWS orders. Exit status: 0 done, 1 the simulated
 broker rejected the order, 2 bad input (with a message on stderr).
@@ -141,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     bracket.add_argument("--stop-loss", dest="stop_loss", type=_price_arg, required=True)
     sub.add_parser("cancel", help="cancel an open order").add_argument("order_id", type=int)
     sub.add_parser("book", help="cash, positions, open orders and net liquidation")
-    sub.add_parser("advance", help="move the clock forward to DATE, filling resting orders").add_argument("date")
+    sub.add_parser("advance", help="move the clock forward to DATE (or 'next' session), filling resting orders"
+                   ).add_argument("date", help="YYYY-MM-DD, 'today' or 'next'")
     price = sub.add_parser("price", help="override a symbol's price until the clock moves")
     price.add_argument("symbol", type=str.upper)
     price.add_argument("price", type=_price_arg)
@@ -187,7 +188,13 @@ def _run(args: argparse.Namespace) -> int:
         elif args.command == "book":
             print(_book(broker))
         elif args.command == "advance":
-            for state in broker.advance_to(args.date):
+            day = args.date
+            if day.strip().lower() == "next":  # the session after the clock
+                later = [d for d in broker.market.sessions if d > broker.as_of()]
+                if not later:
+                    raise _UsageError(f"the clock is at the last bundled session {broker.as_of()}")
+                day = later[0].isoformat()
+            for state in broker.advance_to(day):
                 print(_describe(state))
             print(f"clock at {broker.as_of()}")
         elif args.command == "price":
