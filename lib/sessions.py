@@ -45,6 +45,15 @@ def session_close(day: dt.date, name: str = DEFAULT_CALENDAR) -> dt.datetime:
     return calendar(name).session_close(pd.Timestamp(day)).to_pydatetime().astimezone(UTC)
 
 
+def session_closes(days: list[dt.date], name: str = DEFAULT_CALENDAR) -> list[dt.datetime]:
+    """The closes of many sessions at once (UTC), from the calendar's schedule."""
+    closes = calendar(name).schedule["close"].reindex(pd.DatetimeIndex(days))
+    if closes.isna().any():
+        missing = [d for d, c in zip(days, closes) if pd.isna(c)]
+        raise ValueError(f"not sessions of {name}: {missing[:5]}")
+    return [ts.to_pydatetime().astimezone(UTC) for ts in closes]
+
+
 def previous_session(day: dt.date, name: str = DEFAULT_CALENDAR) -> dt.date:
     return calendar(name).previous_session(pd.Timestamp(day)).date()
 

@@ -58,19 +58,20 @@ class BacktestResult:
                 "turnover_netted": net_t, "turnover_alone": alone_t, "turnover_saved": alone_t - net_t}
 
 
-def _intent(weights: pd.Series, closes: Mapping[str, float], at: dt.datetime) -> dict | None:
+def _intent(symbols: list[str], weights, closes: Mapping[str, float], at: str, day: dt.date) -> dict | None:
+    """One session's row of weights as the intent document the strategy would have published."""
     rows = []
-    for symbol, w in weights.items():
-        if w is None or (isinstance(w, float) and math.isnan(w)):
+    for symbol, w in zip(symbols, weights.tolist()):
+        if w != w:  # NaN: no target for this symbol in this session
             continue
-        if symbol not in closes:
-            raise BacktestError(f"no price for {symbol} on {at.date()}: a target needs one")
+        price = closes.get(symbol)
+        if price is None:
+            raise BacktestError(f"no price for {symbol} on {day}: a target needs one")
         rows.append({"symbol": symbol, "secType": "STK", "exchange": "SMART", "currency": "USD",
-                     "weight": float(w), "price": float(closes[symbol])})
+                     "weight": w, "price": price})
     if not rows:
         return None  # warm-up: the strategy has no row yet, as if it had not published
-    return {"updated_at": iso(at), "status": "success", "error_message": None, "metadata": {},
-            "target_positions": rows}
+    return {"updated_at": at, "status": "success", "error_message": None, "metadata": {}, "target_positions": rows}
 
 
 def run(targets: Mapping[str, pd.DataFrame], prices: PriceBook, *, config: Mapping[str, Any],
@@ -108,24 +109,30 @@ def _loop(targets, prices: PriceBook, config, strategies, cash, days, slippage_b
     from lib.execution import accepted_view
     account = Account(cash, slippage_bps)
     symbols = sorted({s for t in targets.values() for s in t.columns})
-    frames = {sid: t.reindex(days) for sid, t in targets.items()}
+    # Plain arrays, not a pandas row per session: the loop runs thousands of times.
+    frames = {sid: (list(map(str, t.columns)), t.reindex(days).to_numpy(dtype=float)) for sid, t in targets.items()}
     previous: dict | None = None
     ledgers: dict = {}
     rows, positions, equity_rows, orders, events = [], [], [], [], []
     decision: dict = {}
     started = time.monotonic()
+    # Everything per session that does not depend on the account, computed once, in bulk.
+    closing = cal.session_closes(days)
+    ohlc = prices.aligned(symbols, days)  # symbol → (open, high, low, close) arrays, NaN where absent
     for i, day in enumerate(days):
-        close_at = cal.session_close(day)
-        bars = {s: prices.bar(s, day) for s in symbols if prices.has(s, day)}
-        closes = {s: b.close for s, b in bars.items()}
+        close_at = closing[i]
+        closes = {s: float(a[3][i]) for s, a in ohlc.items() if a[3][i] == a[3][i]}
         for s in account.positions:
             if s not in closes:
                 raise BacktestError(f"{s} is held but has no price on {day}")
         fills_before = len(account.fills)
-        account.pass_session(day, bars)
+        if account.resting:
+            account.pass_session(day, {o.symbol: prices.bar(o.symbol, day) for o in account.resting
+                                       if o.symbol in closes})
         intents = {}
-        for sid, frame in frames.items():
-            doc = _intent(frame.loc[day], closes, close_at + dt.timedelta(minutes=1))
+        published = iso(close_at + dt.timedelta(minutes=1))
+        for sid, (columns, values) in frames.items():
+            doc = _intent(columns, values[i], closes, published, day)
             if doc is not None:
                 intents[sid] = doc
         inputs = {"now": iso(close_at + dt.timedelta(minutes=10)), "window_start": iso(close_at), "mode": "paper",
@@ -176,7 +183,8 @@ def _loop(targets, prices: PriceBook, config, strategies, cash, days, slippage_b
         if progress is not None and (i % 25 == 0 or i == len(days) - 1):
             spent = time.monotonic() - started
             progress(i + 1, len(days), spent / (i + 1) * (len(days) - i - 1))
-    fills = pd.DataFrame([dataclasses.asdict(f) for f in account.fills],
+    fills = pd.DataFrame([(f.session, f.order_id, f.symbol, f.action, f.quantity, f.price, f.commission, f.order_ref)
+                          for f in account.fills],
                          columns=["session", "order_id", "symbol", "action", "quantity", "price", "commission",
                                   "order_ref"])
     return BacktestResult(

@@ -54,6 +54,14 @@ class PriceBook:
         row = self._rows[symbol][self._index[symbol][day]]
         return Bar(day, float(row[0]), float(row[1]), float(row[2]), float(row[3]), 0.0)
 
+    def aligned(self, symbols: Iterable[str], days: list[dt.date]) -> dict[str, tuple]:
+        """Per symbol, its open, high, low and close as arrays over `days` (NaN where it has no bar)."""
+        out = {}
+        for s in symbols:
+            frame = self._frames[s].reindex(days)
+            out[s] = tuple(frame[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close"))
+        return out
+
     def closes(self, symbols: Iterable[str], start: dt.date | None = None, end: dt.date | None = None,
                lookback: int = 0) -> pd.DataFrame:
         """Closes, one column per symbol, from `lookback` sessions before `start` to `end`."""
