@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	# skfolio's real example prices (pyproject's `examples` extra), without its heavy dependencies
+	$(BIN)/pip install --quiet --no-deps 'skfolio>=1.12,<2'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 

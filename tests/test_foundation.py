@@ -67,7 +67,8 @@ def test_settings_precedence():
     s = resolve({"bus": None, "broker": "ib://127.0.0.1:4002?client_id=7"}, env)
     assert (s.mode, s.bus, s.broker, s.audit) == ("paper", "sqlite:///env.sqlite",
                                                   "ib://127.0.0.1:4002?client_id=7", "runs/")
-    assert s.sources == {"mode": "$COMMANDER_MODE", "bus": "$COMMANDER_BUS", "broker": "flag", "audit": "default"}
+    assert {k: s.sources[k] for k in ("mode", "bus", "broker", "audit", "data")} == {
+        "mode": "$COMMANDER_MODE", "bus": "$COMMANDER_BUS", "broker": "flag", "audit": "default", "data": "default"}
     assert resolve({"bus": "sqlite:///flag.sqlite"}, env).bus == "sqlite:///flag.sqlite"
 
 

@@ -26,6 +26,7 @@ def test_notebooks_run_with_defaults_on_the_embedded_backends(tmp_path, monkeypa
     monkeypatch.setenv("COMMANDER_BUS", f"sqlite:///{tmp_path / 'bus.sqlite'}")
     monkeypatch.setenv("COMMANDER_BROKER", f"sim:///{tmp_path / 'sim.sqlite'}?as_of=2026-11-20")
     monkeypatch.setenv("COMMANDER_AUDIT", str(tmp_path / "runs"))
+    monkeypatch.setenv("COMMANDER_DATA", str(tmp_path / "data"))  # a researcher's run updates the store first
     for name in ORDER:
         src = ROOT / "notebooks" / name
         pm.execute_notebook(str(src), str(tmp_path / src.name), cwd=str(src.parent), kernel_name="python3",
@@ -34,6 +35,8 @@ def test_notebooks_run_with_defaults_on_the_embedded_backends(tmp_path, monkeypa
     assert {sid: bus.get(f"strategies/{sid}/intent/latest")["status"]
             for sid in ("dummy", "spy_macd_vixy", "test_signal_generator")} == dict.fromkeys(
         ("dummy", "spy_macd_vixy", "test_signal_generator"), "success")
+    from lib.data import open_store
+    assert open_store(str(tmp_path / "data")).symbols() == ["GLD", "SPY", "TLT", "VIXY"]
     executions = bus.list("executions")
     assert [e["status"] for e in executions.values()] == ["dry_run"]  # a notebook opened by hand only plans
     commander = nbformat.read(tmp_path / "commander.ipynb", as_version=4)

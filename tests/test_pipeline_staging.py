@@ -26,7 +26,7 @@ STRATEGIES = ["dummy", "spy_macd_vixy", "test_signal_generator"]  # the last on 
 def staging(firestore_url, gcs_bucket, tmp_path):
     gateway = FakeGateway(account="DU7654321").start()
     settings = Settings(mode="paper", bus=firestore_url, broker=f"ib://127.0.0.1:{gateway.port}?client_id=7&timeout=10",
-                        audit=f"gs://{gcs_bucket}/staging")
+                        audit=f"gs://{gcs_bucket}/staging", data=str(tmp_path / "data"))
     bus = open_bus(firestore_url)
     seed(bus)
     yield settings, gateway, bus, gcs_bucket, tmp_path
