@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench clean-runs serve
+.PHONY: run test install bench clean-runs serve backtest
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -34,3 +34,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/decision_bench.py
 	$(BIN)/python benchmarks/pipeline_bench.py
+
+# The portfolio backtest of the real-data example (offline): import skfolio's prices, backtest, tear sheet.
+backtest: $(STAMP)
+	$(BIN)/python -m lib.data import-examples
+	$(BIN)/python run_pipeline.py backtest --from 2015-01-02 --to 2022-12-28 --strategies factor_momentum --benchmark SP500 $(ARGS)

@@ -49,3 +49,20 @@ def backtest(closes: pd.DataFrame, weights: pd.DataFrame) -> pd.DataFrame:
     rets = closes[weights.columns].pct_change().fillna(0.0)
     strat = (weights.shift(1).fillna(0.0) * rets).sum(axis=1)
     return pd.DataFrame({"return": strat, "equity": (1.0 + strat).cumprod()})
+
+
+def momentum_rotation(closes: pd.DataFrame, lookback: int = 126, top: int = 2) -> pd.DataFrame:
+    """Hold the `top` instruments with the best return over `lookback` sessions, equally weighted,
+    re-chosen on the first session of each month and held in between (all zero until enough history)."""
+    momentum = closes / closes.shift(lookback) - 1.0
+    months = closes.index.to_period("M")
+    first_of_month = pd.Series(months, index=closes.index).ne(pd.Series(months, index=closes.index).shift())
+    weights = pd.DataFrame(0.0, index=closes.index, columns=closes.columns)
+    current = pd.Series(0.0, index=closes.columns)
+    for day, is_first in first_of_month.items():
+        row = momentum.loc[day]
+        if is_first and row.notna().sum() >= top:
+            current = pd.Series(0.0, index=closes.columns)
+            current[row.nlargest(top).index] = 1.0 / top
+        weights.loc[day] = current
+    return weights

@@ -44,6 +44,39 @@ class PriceBook:
             frames[s] = pd.DataFrame({"open": c, "high": c, "low": c, "close": c})
         return cls(frames, synthetic=synthetic, label=label + " (close only)")
 
+    @classmethod
+    def for_symbols(cls, symbols: Iterable[str], data_url: str | None = None) -> "PriceBook":
+        """Each symbol's bars from the market data store when it holds them, else from the simulator's
+        (SYNTHETIC) bars; the label says which is which. Raises ValueError for a symbol neither has."""
+        from lib.broker.sim import load_market
+        frames, labels, synthetic = {}, {}, False
+        store = None
+        if data_url:
+            from lib.data import open_store
+            store = open_store(data_url)
+        market = None
+        for symbol in sorted(set(symbols)):
+            series = store.read(symbol) if store is not None else None
+            if series is not None and len(series.bars):
+                bars = series.bars.copy()
+                close = bars["close"].where(bars["close"].notna(), bars["adj_close"])
+                frame = pd.DataFrame({c: bars[c].where(bars[c].notna(), close) for c in ("open", "high", "low")})
+                frame["close"] = close
+                frame.index = [d.date() for d in bars.index]
+                frames[symbol], labels[symbol] = frame.dropna(), series.label()
+                synthetic = synthetic or series.synthetic
+                continue
+            market = market or load_market()
+            if not market.knows(symbol):
+                raise ValueError(f"no bars for {symbol}: neither the market data store ({data_url}) nor the "
+                                 f"simulator has it (python -m lib.data update/import)")
+            rows = market.bars[symbol]
+            frames[symbol] = pd.DataFrame([(b.open, b.high, b.low, b.close) for b in rows],
+                                          index=[b.date for b in rows], columns=["open", "high", "low", "close"])
+            labels[symbol], synthetic = "simulator bars (SYNTHETIC)", True
+        label = "; ".join(f"{s}: {l}" for s, l in labels.items())
+        return cls(frames, synthetic=synthetic, label=label)
+
     def symbols(self) -> list[str]:
         return sorted(self._frames)
 

@@ -41,22 +41,14 @@ class BacktestRun:
     message: str
 
 
-def price_book(data_url: str | None = None) -> PriceBook:
-    """The market data store's bars when it has them, else the simulator's (SYNTHETIC) bars."""
-    if data_url:
-        try:
-            from lib.backtest.prices import from_store
-            book = from_store(data_url)
-            if book is not None:
-                return book
-        except ImportError:
-            pass
-    return PriceBook.from_simulator()
+def price_book(symbols, data_url: str | None = None) -> PriceBook:
+    """The market data store's bars where it has them, else the simulator's (SYNTHETIC) bars."""
+    return PriceBook.for_symbols(symbols, data_url)
 
 
 def run_backtest(settings, *, start: dt.date, end: dt.date, strategies: list[str] | None = None,
                  cash: float = 1_000_000.0, progress: Progress | None = None, workers: int | None = None,
-                 standalone: bool = True, timeout: float = 600.0) -> BacktestRun:
+                 standalone: bool = True, timeout: float = 600.0, benchmark: str = "SPY") -> BacktestRun:
     """Run the whole backtest; never raises for a strategy's failure (it is left out and said)."""
     from lib.audit import open_audit
     from lib.bus import open_bus
@@ -68,17 +60,20 @@ def run_backtest(settings, *, start: dt.date, end: dt.date, strategies: list[str
     name = f"{now.astimezone(EXCHANGE_TZ).date().isoformat()}/{run_id}"
     folder = audit.local_dir(name) or Path(f"/tmp/{run_id}")
     folder.mkdir(parents=True, exist_ok=True)
+    from lib.seed import MISSING_CONFIG, is_empty, seed
     with open_bus(settings.bus) as bus:
+        if bus.get(docs.common_config_path()) is None:
+            if not is_empty(bus):
+                raise BacktestError(MISSING_CONFIG)
+            seed(bus, settings.mode)  # a first run on the embedded defaults, as the pipeline does
         config = bus.get(docs.common_config_path())
         docs_ = bus.list("strategies")
-    if config is None:
-        raise BacktestError("config/common is missing on the bus: the backtest uses the bus's configuration")
     chosen = strategies or sorted(s for s, d in docs_.items() if d.get("enabled"))
     unknown = sorted(set(chosen) - set(docs_))
     if unknown:
         raise BacktestError(f"unknown strategies: {', '.join(unknown)} (known: {', '.join(sorted(docs_))})")
     common = {"mode": settings.mode, "bus_url": settings.bus, "broker_url": settings.broker, "run_id": run_id,
-              "start": start.isoformat(), "end": end.isoformat()}
+              "data_url": getattr(settings, "data", None), "start": start.isoformat(), "end": end.isoformat()}
     notebooks, failed, targets = {}, {}, {}
 
     def one(sid: str):
@@ -109,18 +104,20 @@ def run_backtest(settings, *, start: dt.date, end: dt.date, strategies: list[str
     if not targets:
         return BacktestRun(run_id, folder, None, notebooks, failed, None,
                            "no strategy produced targets: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
-    prices = price_book()
+    prices = price_book({s for t in targets.values() for s in t.columns}, getattr(settings, "data", None))
 
     def tick(done: int, total: int, left: float) -> None:
         progress.update("commander loop", "running", f"{done}/{total} sessions, ~{left:.0f} s left")
 
-    result = run(targets, prices, config=config, strategies={s: docs_[s] for s in targets}, cash=cash,
+    # Strategies named for the backtest take part even when disabled on the bus (an example, a candidate).
+    result = run(targets, prices, config=config, strategies={s: {**docs_[s], "enabled": True} for s in targets}, cash=cash,
                  start=start, end=end, standalone=standalone, progress=tick)
     progress.update("commander loop", "ok", f"{len(result.sessions)} sessions")
     save(result, folder / "result", label=prices.label)
     local = folder / "backtest.ipynb"
-    ok, err = _execute(NOTEBOOKS / "backtest.ipynb", local, {"result_dir": str(folder / "result"), "benchmark": "SPY",
-                                                               "run_id": run_id, "bus_url": settings.bus}, timeout)
+    ok, err = _execute(NOTEBOOKS / "backtest.ipynb", local, {"result_dir": str(folder / "result"), "benchmark": benchmark,
+                                                               "run_id": run_id, "bus_url": settings.bus,
+                                                               "data_url": getattr(settings, "data", None)}, timeout)
     progress.update("tear sheet", "ok" if ok else "FAILED", err)
     final = result.sessions["equity"].iloc[-1]
     message = (f"{len(result.sessions)} sessions {start} … {end}, {len(targets)} strategies: equity "
