@@ -842,8 +842,10 @@ def _validate(request: OrderRequest, aux_price: float | None = None, parent_id: 
 
 
 def reset_state(path: str | os.PathLike = DEFAULT_DB, *, account: str | None = None, cash: float | None = None,
-                as_of: str | dt.date | None = None) -> None:
-    """Erase every order, fill, position and override at `path` and start over with fresh cash."""
+                as_of: str | dt.date | None = None, positions: dict[str, tuple[float, float]] | None = None) -> None:
+    """Erase every order, fill, position and override at `path` and start over with fresh cash, and
+    optionally with `positions` (symbol → (quantity, average cost)) already held: an account that
+    starts where another one (a backtest's session, say) stands."""
     broker = SimBroker(path, client_id=MANUAL_CLIENT_ID)
     try:
         start = broker.market.session_on_or_before(_parse_date(as_of, broker.market)) if as_of else default_as_of(broker.market)
@@ -853,6 +855,10 @@ def reset_state(path: str | os.PathLike = DEFAULT_DB, *, account: str | None = N
                 conn.execute(f"DELETE FROM {table}")
             conn.execute("INSERT INTO state VALUES (1, ?, ?, ?, ?, 1, ?)",
                          (account or DEFAULT_ACCOUNT, money, money, start.isoformat(), _now()))
+            for symbol, (quantity, avg_cost) in sorted((positions or {}).items()):
+                broker._check_symbol(symbol)
+                if quantity:
+                    conn.execute("INSERT INTO positions VALUES (?, ?, ?)", (symbol, float(quantity), float(avg_cost)))
     finally:
         broker.close()
 
