@@ -40,6 +40,10 @@ class AuditStore(abc.ABC):
         """A folder papermill may execute into directly (local stores), else None."""
         return None
 
+    @abc.abstractmethod
+    def read(self, name: str) -> tuple[bytes, dict[str, str]] | None:
+        """What is kept under `name` and its metadata ({} where the store keeps none), or None."""
+
 
 class LocalAudit(AuditStore):
     def __init__(self, root: str | os.PathLike = "runs"):
@@ -53,6 +57,14 @@ class LocalAudit(AuditStore):
         path = self.root / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def read(self, name: str) -> tuple[bytes, dict[str, str]] | None:
+        try:
+            return (self.root / name).read_bytes(), {}
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AuditError(f"cannot read {self.root / name}: {exc.strerror}") from None
 
     def put_file(self, local: Path, name: str, metadata: dict[str, str], content_type: str = NOTEBOOK_TYPE) -> str:
         target = self.root / name
@@ -100,6 +112,16 @@ class GcsAudit(AuditStore):
 
     def link(self, name: str) -> str:
         return f"gs://{self.bucket_name}/{self._object(name)}"
+
+    def read(self, name: str) -> tuple[bytes, dict[str, str]] | None:
+        from google.api_core import exceptions as gexc
+        try:
+            blob = self._bucket.get_blob(self._object(name))
+            return None if blob is None else (blob.download_as_bytes(), dict(blob.metadata or {}))
+        except gexc.NotFound:
+            return None
+        except gexc.GoogleAPIError as exc:
+            raise AuditError(f"cannot read {self.link(name)}: {exc}") from exc
 
     def _upload(self, name: str, upload, metadata: dict[str, str] | None) -> str:
         from google.api_core import exceptions as gexc
