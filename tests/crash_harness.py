@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 UTC = dt.timezone.utc
 PREFIX = "cmdr-"
 TTL = 2.0  # lease seconds in the scenarios: a dead run's lease expires this long after its last beat
+#: The crashing run's lease lives longer, so that "another host is blocked while it lives" holds even when
+#: a busy machine takes seconds to start the next process; the test then waits for the real expiry.
+CRASH_TTL = 8.0
 #: The strategy's target; VIXY is held by hand first and must be sold (so the plan has a sell and buys).
 TARGET = {"GLD": 10, "SPY": 5, "TLT": 20, "VIXY": 0}
 START = {"VIXY": 50}
@@ -165,18 +168,26 @@ class Scenario:
         self.log: list[str] = []
 
     def commander(self, *args: str, fault: str | None = None, host: str = "host-a",
-                  extra_env: dict | None = None) -> subprocess.CompletedProcess:
+                  extra_env: dict | None = None, ttl: float = TTL) -> subprocess.CompletedProcess:
         env = {**os.environ, "COMMANDER_HOST_ID": host, "PYTHONPATH": str(ROOT)}
         env.pop("COMMANDER_FAULT", None)
         if fault:
             env["COMMANDER_FAULT"] = fault
         env.update(extra_env or {})
         cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "commander", "--mode", "paper", "--bus", self.bus_url,
-               "--broker", self.world.broker_url, "--audit", self.audit, "--lease-seconds", str(TTL), *args]
+               "--broker", self.world.broker_url, "--audit", self.audit, "--lease-seconds", str(ttl), *args]
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         self.log.append(f"$ commander {' '.join(args)} fault={fault} host={host} → exit {done.returncode}\n"
                         f"{done.stdout}{done.stderr[-3000:]}")
         return done
+
+    def wait_for_lease_expiry(self) -> None:
+        """Sleep until the lease left by a dead run has expired by itself (no one deletes it)."""
+        with open_bus(self.bus_url) as bus:
+            held = bus.get(docs.lock_path("paper"))
+        if held:
+            left = (held["expires_at"] - dt.datetime.now(UTC)).total_seconds()
+            time.sleep(max(0.0, left) + 0.3)
 
     # ---- the truth at the broker, and what our records say -------------------------------------
     def records(self) -> dict[str, dict]:
@@ -223,7 +234,7 @@ def run_scenario(world, tmp: Path, point: str, mode: str) -> dict:
     sc = Scenario(world, tmp)
     world.start_holdings()
     seed_bus(sc.bus_url, world)
-    crashed = sc.commander("--reconcile", fault=point)
+    crashed = sc.commander("--reconcile", fault=point, ttl=CRASH_TTL)
     killed = crashed.returncode == -9
     if mode == "reconcile":
         rerun = sc.commander("--reconcile")
@@ -234,7 +245,7 @@ def run_scenario(world, tmp: Path, point: str, mode: str) -> dict:
         blocked = sc.commander(host="host-b")
         if killed and blocked.returncode != 3:
             raise AssertionError(f"a live-looking lease did not block the other host:\n{sc.log[-1]}")
-        time.sleep(TTL + 0.5)
+        sc.wait_for_lease_expiry()
         rerun = sc.commander(host="host-b")
     world.settle()
     again = sc.commander("--reconcile")  # converged: nothing more to do, and nothing doubled
@@ -287,7 +298,7 @@ def run_connection_fault(world: IBWorld, tmp: Path, fault: str, mode: str) -> di
     elif mode == "no_reconcile":
         rerun = sc.commander()
     else:
-        time.sleep(TTL + 0.5)
+        sc.wait_for_lease_expiry()
         rerun = sc.commander(host="host-b")
     world.settle()
     if fault == "fills_while_disconnected":
