@@ -5,9 +5,11 @@
     python run_pipeline.py commander [--reconcile] [--dry-run] [--mode M] [--bus URL] [--broker URL]
                            [--audit URL] [--window-start ISO] [--lease-seconds S]
     python run_pipeline.py [--strategies a,b] [--dry-run] [--no-reconcile] [--mode paper|live]
-                           [--bus URL] [--broker URL] [--audit URL] [--as-of DATE]
+                           [--bus URL] [--broker URL] [--audit URL] [--data URL] [--as-of DATE]
                            [--trigger scheduled|manual] [--window-start ISO] [--force]
+                           [--executor local|dask://HOST:PORT|dask://local|cloudrun://PROJECT/REGION/JOB]
                            [--log-format text|json]
+    python run_pipeline.py task --manifest gs://BUCKET/…/manifest.json   (a Cloud Run job's task)
 
 With no flags it runs everything on the embedded defaults (SQLite bus, simulated broker, runs/),
 seeding an empty bus first. Exit codes: 0 success, dry run or exchange closed; 1 failure;
@@ -29,6 +31,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="other commands:\n"
                "  run_pipeline.py approve EXECUTION_ID      place exactly a plan awaiting approval\n"
                "  run_pipeline.py commander [--reconcile]   the Commander alone, without notebooks\n"
+               "  run_pipeline.py task --manifest gs://…    one Cloud Run task of the strategy stage\n"
                "  run_pipeline.py backtest --from D --to D  the portfolio backtest through the real Commander\n"
                "  python -m lib.ops --help                  operator commands: strategies, config, halt/resume,\n"
                "                                            trading-state, executions, approvals, lock, operations\n"
@@ -41,6 +44,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bus", help="sqlite:///PATH or firestore://PROJECT[/DATABASE]")
     p.add_argument("--broker", help="sim[:///PATH] or ib://HOST:PORT?client_id=N")
     p.add_argument("--audit", help="runs/ or gs://BUCKET/PREFIX")
+    p.add_argument("--data", help="market data store: runs/data/ or gs://BUCKET/PREFIX/data/ (default: the audit "
+                                  "store's data/)")
+    p.add_argument("--executor", help="where strategy notebooks run: local (default), dask://HOST:PORT, "
+                                      "dask://local or cloudrun://PROJECT/REGION/JOB")
     p.add_argument("--as-of", help="simulator clock date YYYY-MM-DD (default: today's session)")
     p.add_argument("--trigger", choices=["scheduled", "manual"], default="manual")
     p.add_argument("--window-start", help="ISO-8601 start of the freshness window (default: the most recent exchange close)")
@@ -123,12 +130,13 @@ def backtest_main(argv: list[str]) -> int:
     p.add_argument("--to", dest="end", required=True, help="last session, YYYY-MM-DD")
     p.add_argument("--strategies", help="comma-separated strategy ids (default: every enabled strategy)")
     p.add_argument("--cash", type=float, default=1_000_000.0, help="starting cash (1,000,000)")
-    for flag in ("--mode", "--bus", "--audit"):
+    p.add_argument("--benchmark", default="SPY", help="buy-and-hold benchmark symbol (SPY)")
+    for flag in ("--mode", "--bus", "--audit", "--data"):
         p.add_argument(flag)
     args = p.parse_args(argv)
     try:
         start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
-        settings = resolve({"mode": args.mode, "bus": args.bus, "audit": args.audit})
+        settings = resolve({"mode": args.mode, "bus": args.bus, "audit": args.audit, "data": args.data})
     except ValueError as err:
         print(f"run_pipeline.py backtest: {err}", file=sys.stderr)
         return pipeline.EXIT_USAGE
@@ -138,7 +146,7 @@ def backtest_main(argv: list[str]) -> int:
     from lib.backtest.engine import BacktestError
     from lib.backtest.session import run_backtest
     try:
-        done = run_backtest(settings, start=start, end=end, cash=args.cash,
+        done = run_backtest(settings, start=start, end=end, cash=args.cash, benchmark=args.benchmark,
                             strategies=[s.strip() for s in args.strategies.split(",")] if args.strategies else None)
     except BacktestError as err:
         print(f"backtest refused: {err}", file=sys.stderr)
@@ -151,8 +159,20 @@ def backtest_main(argv: list[str]) -> int:
     return pipeline.EXIT_OK if done.result is not None and not done.failed else pipeline.EXIT_FAILED
 
 
+def task_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_pipeline.py task",
+                                description="Run this Cloud Run task's notebooks of a manifest "
+                                            "(tasks[CLOUD_RUN_TASK_INDEX::CLOUD_RUN_TASK_COUNT]), each stored once.")
+    p.add_argument("--manifest", required=True, help="gs://…/manifest.json written by the pipeline")
+    args = p.parse_args(argv)
+    from lib.executors.cloudrun import task_main as run_task
+    return run_task(args.manifest)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["task"]:
+        return task_main(argv[1:])
     if argv[:1] == ["backtest"]:
         return backtest_main(argv[1:])
     if argv[:1] == ["approve"]:
@@ -161,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         return commander_main(argv[1:])
     args = parse(argv)
     try:
-        settings = resolve({"mode": args.mode, "bus": args.bus, "broker": args.broker, "audit": args.audit})
+        settings = resolve({"mode": args.mode, "bus": args.bus, "broker": args.broker, "audit": args.audit,
+                            "executor": args.executor, "data": args.data})
     except ValueError as err:
         print(f"run_pipeline.py: {err}", file=sys.stderr)
         return pipeline.EXIT_USAGE

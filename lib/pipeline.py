@@ -27,8 +27,10 @@ from lib.bus import Bus, open_bus
 from lib.canonical import iso
 from lib.errors import BusError, PipelineError
 from lib.execution import new_execution_id
+from lib.executors import Batch, NotebookTask, Outcome, code_revision, open_executor
+from lib.executors.base import execute
 from lib.progress import Progress
-from lib.seed import seed
+from lib.seed import MISSING_CONFIG, is_empty, seed
 from lib.settings import Settings
 
 UTC = dt.timezone.utc
@@ -84,65 +86,8 @@ class RunResult:
 
 
 # ---- running one notebook ---------------------------------------------------------------------
-def _execute(src: Path, out: Path, params: dict, timeout: float, km=None) -> tuple[bool, str]:
-    """Execute `src` into `out` with papermill on `km` (a fresh kernel if None); returns (ok, error).
-
-    The whole notebook gets `timeout` seconds: a watchdog kills its kernel then, so a hanging
-    notebook fails with papermill's banner instead of stalling the run. A kernel that dies before
-    running any cell is replaced once (nothing ran, so running again is safe). The kernel is
-    always stopped afterwards.
-    """
-    for attempt in (1, 2):
-        ok, err, started = _execute_once(src, out, params, timeout, km)
-        if ok or started or attempt == 2:
-            return ok, err
-        km = None  # the kernel never ran a cell: one more try on a fresh one
-    return ok, err
-
-
-def _execute_once(src: Path, out: Path, params: dict, timeout: float, km) -> tuple[bool, str, bool]:
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        km = km or kernels.start(warm=None)
-    except Exception as exc:
-        return False, f"the kernel did not start: {exc}", False
-    killed = threading.Event()
-
-    def kill() -> None:
-        killed.set()
-        kernels.kill(km)
-
-    # papermill's own cell timeout normally fires first; the watchdog is the last resort.
-    watchdog = threading.Timer(timeout + 10, kill)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        # cwd stays None: papermill's chdir is process-wide and would race between threads; the
-        # kernel already runs in the project root.
-        pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3", progress_bar=False,
-                            execution_timeout=timeout, km=km, log_output=False,
-                            # Save at start, every 30 s and at the end (banner included), not after
-                            # every cell: each save re-validates the whole notebook in this process.
-                            request_save_on_cell_execute=False,
-                            shutdown_kernel="immediate")  # without it ~1 run in 6 waits 3 s for the kernel
-        return True, "", True
-    except PapermillExecutionError as exc:
-        if killed.is_set():
-            return False, f"timed out after {timeout:.0f} s and was killed", True
-        return False, f"{exc.ename}: {exc.evalue}"[:500], True
-    except Exception as exc:  # dead kernel, cell timeout, unreadable notebook
-        if killed.is_set() or type(exc).__name__ == "CellTimeoutError":
-            return False, f"timed out after {timeout:.0f} s and was killed", True
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        started = "before replying to kernel_info" not in first
-        tail = kernels.log_tail(km)
-        return False, f"{type(exc).__name__}: {first}" + (f" (kernel: {tail})" if tail else "")[:500], started
-    finally:
-        watchdog.cancel()
-        kernels.kill(km)
+# One notebook on one kernel (with kernel-start retries); shared with the executors' workers.
+_execute = execute
 
 
 def _kept(audit: AuditStore, local: Path, name: str, meta: dict) -> str:
@@ -158,11 +103,8 @@ def _kept(audit: AuditStore, local: Path, name: str, meta: dict) -> str:
 
 # ---- the run ----------------------------------------------------------------------------------
 def _git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The code revision recorded with each notebook; a remote worker on another one refuses tasks."""
+    return code_revision()
 
 
 def broker_for_stage(url: str, offset: int) -> str:
@@ -212,6 +154,10 @@ def run(settings: Settings, options: Options, progress: Progress | None = None,
         progress.log(first + live_announcement(settings.mode, bus))
         first = ""
         if bus.get(docs.common_config_path()) is None:
+            if not is_empty(bus):  # never re-seed over a bus in use: the kill switch would be lost
+                progress.log(MISSING_CONFIG, "error")
+                bus.close()
+                return RunResult(EXIT_FAILED, "failed", MISSING_CONFIG, run_id)
             created = [p for p, what in seed(bus, settings.mode).items() if what == "created"]
             progress.log(f"empty bus: seeded {', '.join(created)}" + (
                 " (live: tradingEnabled false, example strategies disabled)" if settings.mode == "live" else ""))
@@ -283,6 +229,7 @@ class _Run:
         folder = f"{now.astimezone(EXCHANGE_TZ).date().isoformat()}/{run_id}"
         numbered = [*chosen, "reconcile", "commander"]  # numbers stay stable whether reconcile runs or not
         self.names = {key: f"{folder}/{i:02d}_{key}.ipynb" for i, key in enumerate(numbered, start=1)}
+        self.folder, self.stored = folder, {}  # stored: key → link of notebooks an executor's worker kept
         work = audit.local_dir(folder) or Path(tempfile.mkdtemp(prefix=f"run-{run_id}-"))
         self.local = {key: work / Path(name).name for key, name in self.names.items()}
         self.common = {"mode": settings.mode, "bus_url": settings.bus, "broker_url": settings.broker,
@@ -295,23 +242,42 @@ class _Run:
                              "ok" if ok else "error")
         return result
 
-    def strategy(self, sid: str) -> StageResult:
-        """Stage 1 for one strategy; a failure is recorded as an error intent if the notebook could not."""
-        self.progress.update(f"strategy {sid}", "running")
-        t0 = time.monotonic()
+    def strategy_task(self, sid: str) -> NotebookTask:
+        """Stage 1's task for one strategy: its notebook and parameters (PipelineError: no notebook)."""
         doc = self.strategies[sid]
-        try:
-            params = {**(doc.get("parameters") or {}),  # the operator's non-secret strategy parameters
-                      **self.common, "strategy_id": sid,
-                      "broker_url": broker_for_stage(self.settings.broker, 1 + self.chosen.index(sid))}
-            ok, err = _execute(_strategy_notebook(sid, doc), self.local[sid], params, self.options.strategy_timeout)
-        except PipelineError as exc:
-            ok, err = False, str(exc)
-        if not ok:
+        params = {**(doc.get("parameters") or {}),  # the operator's non-secret strategy parameters
+                  **self.common, "strategy_id": sid,
+                  "broker_url": broker_for_stage(self.settings.broker, 1 + self.chosen.index(sid))}
+        path = _strategy_notebook(sid, doc)
+        notebook = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)  # relative: workers
+        return NotebookTask(sid, notebook, self.names[sid], params, self.options.strategy_timeout, str(self.local[sid]))
+
+    def strategy(self, sid: str, outcome: Outcome, t0: float) -> StageResult:
+        """Stage 1's result for one strategy; a failure is recorded as an error intent if the notebook could not."""
+        if not outcome.ok:
             current = self.bus.get(docs.intent_path(sid)) or {}
             if not current.get("updated_at") or current["updated_at"] < self.now:
-                intents.publish_error(self.bus, sid, f"strategy notebook failed: {err}")
-        return self._report(f"strategy {sid}", self.names[sid], ok, err, t0)
+                intents.publish_error(self.bus, sid, f"strategy notebook failed: {outcome.error}")
+        if outcome.stored:
+            self.stored[sid] = self.audit.link(self.names[sid])
+        return self._report(f"strategy {sid}", self.names[sid], outcome.ok, outcome.error,
+                            time.monotonic() - outcome.seconds if outcome.seconds else t0)
+
+    def strategy_stage(self) -> list[StageResult]:
+        """Stage 1: the chosen strategies' notebooks as one batch on the executor (local kernels, Dask
+        or Cloud Run Jobs: `settings.executor`); one failing or hanging does not stop the others."""
+        t0, results, tasks = time.monotonic(), {}, []
+        for sid in self.chosen:
+            try:
+                tasks.append(self.strategy_task(sid))
+            except PipelineError as exc:
+                results[sid] = self.strategy(sid, Outcome(sid, False, str(exc)), t0)
+        batch = Batch(self.run_id, self.folder, self.settings.audit, self.meta["git_revision"], tasks,
+                      dict(self.meta), deadline=max(self.options.stage_timeout, self.options.strategy_timeout + 120))
+        with open_executor(self.settings.executor, workers=self.options.workers) as executor:
+            executor.run(batch, started=lambda sid: self.progress.update(f"strategy {sid}", "running"),
+                         finished=lambda o: results.__setitem__(o.key, self.strategy(o.key, o, t0)))
+        return [results[sid] for sid in self.chosen]
 
     def single(self, key: str, params: dict, warm) -> StageResult:
         """Stage 2 or 3 on its pre-started kernel (a cold one if warming failed)."""
@@ -328,6 +294,9 @@ class _Run:
     def keep(self, stages: list[StageResult]) -> None:
         """Every executed notebook, failed ones too, unchanged, into the audit store."""
         for key, st in zip(self.keys, stages):
+            if key in self.stored:  # kept once by the executor's worker; a second write would be refused
+                st.notebook = self.stored[key]
+                continue
             try:
                 st.notebook = _kept(self.audit, self.local[key], self.names[key],
                                     {**self.meta, "stage": key, "status": "ok" if st.ok else "failed", "error": st.error})
@@ -354,6 +323,49 @@ class _Run:
         return record
 
 
+def _data_stage(run: _Run):
+    """Stage 0: the market data the chosen strategies declare (`universe`, `lookback`), brought up to
+    date once for their union, through one pacer (lib.data). Returns stage 1's `strategy_task`: a
+    strategy one of whose series could not be updated fails at once with the reason (stage 1 then
+    records it as for any failed strategy: an error intent, so its previous targets are held); every
+    other strategy gets the store's URL as the notebook parameter `data_url`."""
+    from lib import data
+    original = run.strategy_task
+    wanted = data.declared({sid: run.strategies[sid] for sid in run.chosen})
+    blocked: dict[str, str] = {}
+    if wanted:
+        name = "data"
+        run.progress.update(name, "running", f"{len(wanted)} series: {', '.join(sorted(wanted))}")
+
+        def shown(done: int, total: int, left: float | None, outcome) -> None:
+            run.progress.update(name, "running", f"{done}/{total} series, last {outcome.symbol} "
+                                f"{'ok' if outcome.ok else 'FAILED'}, ~{left or 0:.0f} s left")
+
+        try:
+            # The stage's own connection: on IB reconcile's client id, free until stage 2.
+            report = data.update_from_broker(run.settings.data, broker_for_stage(run.settings.broker, 1),
+                                             run.settings.mode, wanted, as_of=run.common["as_of"], now=run.now,
+                                             on_progress=shown, log=run.progress.log)
+            failed, summary = report.failed, report.summary()
+            for outcome in report.outcomes.values():
+                if outcome.notes or not outcome.ok:
+                    run.progress.log(f"data: {outcome.line()}", "info" if outcome.ok else "error")
+        except Exception as exc:  # the store or the broker could not be opened: every series fails
+            failed = dict.fromkeys(wanted, f"{type(exc).__name__}: {exc}")
+            summary = f"0/{len(wanted)} series: {type(exc).__name__}: {exc}"
+        blocked = data.blocked({sid: run.strategies[sid] for sid in run.chosen}, failed)
+        run.progress.update(name, "FAILED" if failed else "ok", summary, "error" if failed else "ok")
+
+    def strategy_task(sid: str) -> NotebookTask:
+        if sid in blocked:
+            raise PipelineError(blocked[sid])
+        task = original(sid)
+        task.parameters["data_url"] = run.settings.data
+        return task
+
+    return strategy_task
+
+
 def _run_stages(bus: Bus, audit: AuditStore, settings: Settings, options: Options, progress: Progress,
                 run_id: str, now: dt.datetime, as_of: str | None, held: lease.Lease) -> RunResult:
     strategies = bus.list("strategies")
@@ -371,11 +383,9 @@ def _run_stages(bus: Bus, audit: AuditStore, settings: Settings, options: Option
     warmer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     warm = {key: warmer.submit(kernels.start) for key in run.keys if key in ("reconcile", "commander")}
     try:
-        # Stage 1: strategies in parallel kernels (worker processes, bounded by the CPU count);
-        # one failing or hanging does not stop the others.
-        workers = max(1, min(len(chosen) or 1, options.workers or os.cpu_count() or 1))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            stages = list(pool.map(run.strategy, chosen))
+        run.strategy_task = _data_stage(run)  # stage 0: market data; a strategy whose series failed fails
+        # Stage 1: strategies in parallel on the executor (local: kernels bounded by the CPU count).
+        stages = run.strategy_stage()
         # Stage 2 and 3 only after stage 1 has finished.
         if options.reconcile:
             stages.append(run.single("reconcile", {"broker_url": broker_for_stage(settings.broker, 1)},
@@ -387,7 +397,7 @@ def _run_stages(bus: Bus, audit: AuditStore, settings: Settings, options: Option
         stages.append(run.single("commander", {
             "execution_id": execution_id, "dry_run": options.dry_run, "trigger": options.trigger,
             "window_start": options.window_start, "notebooks": links, "audit_url": settings.audit,
-            **held.to_params()},
+            "reconcile_failed": bool(options.reconcile and not stages[-1].ok), **held.to_params()},
             warm["commander"]))
     finally:
         for future in warm.values():

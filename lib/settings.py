@@ -6,10 +6,12 @@
 | bus     | --bus      | COMMANDER_BUS        | sqlite:///runs/bus.sqlite   |
 | broker  | --broker   | COMMANDER_BROKER     | sim                         |
 | audit   | --audit    | COMMANDER_AUDIT      | runs/                       |
+| executor| --executor | COMMANDER_EXECUTOR   | local (or dask://HOST:PORT, dask://local, cloudrun://PROJECT/REGION/JOB) |
+| data    | --data     | COMMANDER_DATA       | runs/data/ (the audit store's data/) |
 
 Credentials are never settings here: Firestore and GCS use Application Default Credentials,
 IB Gateway holds its own login. Nothing below ever becomes a notebook parameter except these
-four non-secret values.
+non-secret values.
 """
 from __future__ import annotations
 
@@ -24,8 +26,11 @@ DEFAULTS = {
     "bus": "sqlite:///runs/bus.sqlite",
     "broker": "sim",
     "audit": "runs/",
+    "executor": "local",
+    "data": "runs/data/",
 }
-ENV = {"mode": "COMMANDER_MODE", "bus": "COMMANDER_BUS", "broker": "COMMANDER_BROKER", "audit": "COMMANDER_AUDIT"}
+ENV = {"mode": "COMMANDER_MODE", "bus": "COMMANDER_BUS", "broker": "COMMANDER_BROKER", "audit": "COMMANDER_AUDIT",
+       "executor": "COMMANDER_EXECUTOR", "data": "COMMANDER_DATA"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +39,14 @@ class Settings:
     bus: str
     broker: str
     audit: str
+    executor: str = "local"  # where the strategy notebooks run: local, dask://HOST:PORT, cloudrun://P/R/J
+    #: The market data store (lib.data); by default beside the audit store (`<audit>/data/`: runs/data/).
+    data: str | None = None
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.data is None:
+            object.__setattr__(self, "data", self.audit.rstrip("/") + "/data/")
 
     def describe(self) -> str:
         return ", ".join(f"{k}={getattr(self, k)} ({self.sources.get(k, '?')})" for k in DEFAULTS)
@@ -55,6 +67,8 @@ def resolve(flags: Mapping[str, str | None] | None = None, environ: Mapping[str,
             values[key], sources[key] = environ[ENV[key]], f"${ENV[key]}"
         else:
             values[key], sources[key] = default, "default"
+    if sources["data"] == "default":  # market data beside the audit store: runs/data/ or gs://BUCKET/PREFIX/data/
+        values["data"] = values["audit"].rstrip("/") + "/data/"
     if values["mode"] not in MODES:
         raise ValueError(f"mode {values['mode']!r} ({sources['mode']}) is not one of {', '.join(MODES)}")
     _check_schemes(values, sources)
@@ -71,3 +85,18 @@ def _check_schemes(values: Mapping[str, str], sources: Mapping[str, str]) -> Non
                          "ib://HOST:PORT?client_id=N")
     if "://" in audit and not audit.startswith("gs://"):
         raise ValueError(f"audit {audit!r} ({sources['audit']}): expected a local folder like runs/ or gs://BUCKET/PREFIX")
+    data = values.get("data", "")
+    if "://" in data and not data.startswith("gs://"):
+        raise ValueError(f"data {data!r} ({sources.get('data', '?')}): expected a local folder like runs/data/ or "
+                         "gs://BUCKET/PREFIX/data/")
+    executor = values.get("executor", "local")
+    from lib.executors import ExecutorError, check
+    try:
+        check(executor)
+    except ExecutorError as err:
+        raise ValueError(f"{err} ({sources['executor']})") from None
+    if executor.startswith("cloudrun://") and not (audit.startswith("gs://") and bus.startswith("firestore://")
+                                                   and values.get("data", "gs://").startswith("gs://")):
+        raise ValueError(f"executor {executor!r} ({sources['executor']}) runs notebooks on Cloud Run, which needs "
+                         "a gs:// audit store, a firestore:// bus and a gs:// data store (its tasks cannot see "
+                         "local files)")
