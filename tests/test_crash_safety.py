@@ -81,3 +81,24 @@ def test_the_whole_pipeline_killed_mid_placement_recovers_without_a_person(tmp_p
         last = bus.get(docs.execution_path(bus.get(state_path("paper"))["last_execution_id"]))
         want = {r["instrument"].split(":")[1]: r["quantity"] for r in last["decision"]["final_target"] if r["quantity"]}
         assert {h.contract.symbol: h.quantity for h in op.snapshot().holdings} == want
+
+
+def test_a_reviewer_sees_an_interrupted_execution_resolved(tmp_path, monkeypatch):
+    """The execution page of an interrupted run says what each planned order became at the broker."""
+    from fastapi.testclient import TestClient
+
+    from tests.crash_harness import Scenario, seed_bus
+    world = SimWorld(tmp_path)
+    sc = Scenario(world, tmp_path)
+    world.start_holdings()
+    seed_bus(sc.bus_url, world)
+    assert sc.commander("--reconcile", fault="after_order:1").returncode == -9
+    assert sc.commander().returncode == 0
+    interrupted = next(i for i, r in sc.records().items() if r["status"] == "interrupted")
+    monkeypatch.setenv("COMMANDER_BUS", sc.bus_url)
+    monkeypatch.setenv("COMMANDER_AUDIT", sc.audit)
+    import main
+    page = TestClient(main.app, base_url="http://127.0.0.1").get(f"/executions/{interrupted}")
+    assert page.status_code == 200
+    assert "Interrupted, then resolved with the broker" in page.text and "1 filled, 3 not sent" in page.text
+    assert "Nothing was resent" in page.text
