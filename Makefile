@@ -37,5 +37,8 @@ bench: $(STAMP)
 
 # The portfolio backtest of the real-data example (offline): import skfolio's prices, backtest, tear sheet.
 backtest: $(STAMP)
+	$(BIN)/python -m lib.seed >/dev/null
+	$(BIN)/python -m lib.ops strategies show factor_momentum >/dev/null 2>&1 || $(BIN)/python -m lib.ops strategies add \
+		notebooks/strategies/factor_momentum.ipynb --allocation 0.2 --name "Factor momentum rotation"
 	$(BIN)/python -m lib.data import-examples
 	$(BIN)/python run_pipeline.py backtest --from 2015-01-02 --to 2022-12-28 --strategies factor_momentum --benchmark SP500 $(ARGS)

@@ -44,14 +44,6 @@ DEFAULT_STRATEGIES = {
         enabled=True, author="system", capital_allocation=0.1,
         risk_parameters=docs.RiskParameters(max_drawdown=0.5, max_single_position_exposure=1.0),
         notebook="notebooks/strategies/dummy.ipynb", universe=["GLD", "TLT"], lookback=40),
-    # A research example on real prices (skfolio's, imported by `make backtest`): never trades by default.
-    "factor_momentum": docs.StrategyConfig(
-        name="Factor momentum rotation",
-        description="Each month, the two US factor ETFs with the best six-month return (real example prices)",
-        enabled=False, author="system", capital_allocation=0.2,
-        risk_parameters=docs.RiskParameters(max_drawdown=None, max_single_position_exposure=0.5),
-        notebook="notebooks/strategies/factor_momentum.ipynb",
-        universe=["MTUM", "QUAL", "SIZE", "USMV", "VLUE"], lookback=156),
 }
 
 
