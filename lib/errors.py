@@ -85,3 +85,9 @@ class SendUncertainError(BrokerConnectionError):
     def __init__(self, message: str, order_id: int, order_ref: str):
         self.order_id, self.order_ref = order_id, order_ref
         super().__init__(message)
+
+
+class PacingViolationError(BrokerError):
+    """The broker refused a historical-data request for pacing (IB error 162 "Historical Market Data
+    Service error message:Historical data request pacing violation", or more than 50 requests open).
+    Retry it after a back-off (`lib.pacing.with_backoff`); the text always says "pacing violation"."""

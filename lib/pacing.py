@@ -1,9 +1,10 @@
 """Rate limits as sliding windows: at most N events in any `period` seconds.
 
-IB disconnects clients that send more than 50 messages per second and penalises more than 60
-historical-data requests in 10 minutes; `Pacer` makes a caller wait instead. `HistoryPacer` applies
-all of IB's historical-data rules (by bar size, per contract, open requests) to one stage's requests,
-and `with_backoff` retries a request the broker refused for pacing.
+IB disconnects clients that send more than 50 messages per second and refuses historical-data
+requests that break its pacing rules (for bars of 30 s or less: more than 60 in 10 minutes, ...);
+`Pacer` makes a caller wait instead. `HistoryPacer` applies all of IB's historical-data rules (by
+bar size, per contract, open requests) to one stage's requests, and `with_backoff` retries a request
+the broker refused for pacing.
 """
 from __future__ import annotations
 
@@ -45,13 +46,15 @@ class Pacer:
 
 
 # ---- historical-data requests ------------------------------------------------------------------
-#: IB's hard limits for historical bars of 30 seconds or less (its "pacing violations", error 162):
-#: at most 60 requests in any 10 minutes, no identical request within 15 seconds, and at most 6
-#: requests for one contract (same exchange and tick type) within 2 seconds.
+#: IB's hard limits for historical bars of 30 seconds or less (its "pacing violations", error 162
+#: "Historical Market Data Service error message:Historical data request pacing violation";
+#: https://interactivebrokers.github.io/tws-api/historical_limitations.html): no more than 60
+#: requests in any 10 minutes, no identical request within 15 seconds, and not "six or more"
+#: requests for one contract, exchange and tick type within 2 seconds, so at most 5.
 SMALL_BAR_SECONDS = 30
 SMALL_LIMIT, SMALL_PERIOD = 60, 600.0
 IDENTICAL_GAP = 15.0
-PER_CONTRACT_LIMIT, PER_CONTRACT_PERIOD = 6, 2.0
+PER_CONTRACT_LIMIT, PER_CONTRACT_PERIOD = 5, 2.0
 #: IB allows at most 50 historical requests to be open (sent, not yet answered) at once.
 MAX_OPEN = 50
 #: Larger bars are throttled softly by IB; this project's default: 60 requests a minute.
@@ -87,16 +90,24 @@ class HistoryPacer:
 
     `with pacer.request(contract_key, bar_size, identity):` waits until the request may go out and
     holds one of the `max_open` slots while it runs. Bars of 30 s or less follow IB's hard rules
-    (60 per 10 min, no identical request within 15 s, at most 6 per contract within 2 s); larger bars
-    a configurable sliding window (`large_limit` per `large_period` seconds). Thread-safe; waiting
-    threads sleep without holding the lock. `clock` and `sleep` are injectable for tests.
+    (60 per 10 min, no identical request within 15 s, at most 5 per contract, exchange and tick type
+    within 2 s); larger bars a configurable sliding window (`large_limit` per `large_period` seconds).
+    `margin` seconds are added to every window of the hard rules, for the time between letting a
+    request go and IB receiving it. Thread-safe; waiting threads sleep without holding the lock.
+    `clock` and `sleep` are injectable for tests.
+
+    An IB connection given this pacer (`IBBroker(hist_pacer=...)`) paces its own requests with it,
+    each with IB's own key and identity (`paces(broker)` tells); callers then must not wrap the
+    broker's calls in `request()` again.
     """
 
     def __init__(self, large_limit: int = LARGE_LIMIT, large_period: float = LARGE_PERIOD, max_open: int = MAX_OPEN,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
-        if large_limit < 1 or large_period <= 0 or max_open < 1:
-            raise ValueError("a history pacer needs large_limit >= 1, large_period > 0 and max_open >= 1")
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 margin: float = 0.0):
+        if large_limit < 1 or large_period <= 0 or max_open < 1 or margin < 0:
+            raise ValueError("a history pacer needs large_limit >= 1, large_period > 0, max_open >= 1 and margin >= 0")
         self.large_limit, self.large_period, self.max_open = large_limit, large_period, max_open
+        self.margin = margin
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_open)
@@ -123,17 +134,19 @@ class HistoryPacer:
             if len(self._large) >= self.large_limit:
                 return self.large_period - (now - self._large[0])
             return 0.0
-        delay = 0.0
-        self._trim(self._small, now, SMALL_PERIOD)
+        delay, margin = 0.0, self.margin
+        self._trim(self._small, now, SMALL_PERIOD + margin)
         if len(self._small) >= SMALL_LIMIT:
-            delay = max(delay, SMALL_PERIOD - (now - self._small[0]))
+            delay = max(delay, SMALL_PERIOD + margin - (now - self._small[-SMALL_LIMIT]))
         mine = self._per_contract.setdefault(contract_key, collections.deque())
-        self._trim(mine, now, PER_CONTRACT_PERIOD)
+        self._trim(mine, now, PER_CONTRACT_PERIOD + margin)
         if len(mine) >= PER_CONTRACT_LIMIT:
-            delay = max(delay, PER_CONTRACT_PERIOD - (now - mine[0]))
+            delay = max(delay, PER_CONTRACT_PERIOD + margin - (now - mine[-PER_CONTRACT_LIMIT]))
         last = self._identical.get(identity)
-        if last is not None and now - last < IDENTICAL_GAP:
-            delay = max(delay, IDENTICAL_GAP - (now - last))
+        if last is not None and now - last < IDENTICAL_GAP + margin:
+            delay = max(delay, IDENTICAL_GAP + margin - (now - last))
+        if len(self._identical) > 4096:  # forget identities whose 15 s have passed
+            self._identical = {k: t for k, t in self._identical.items() if now - t < IDENTICAL_GAP + margin}
         return delay
 
     def acquire(self, contract_key: str, bar_size: str, identity: tuple = ()) -> float:
@@ -203,17 +216,25 @@ BACKOFF = (15.0, 60.0, 300.0)
 
 
 def is_pacing_violation(exc: BaseException) -> bool:
-    """Whether a broker refused a request for pacing (broker-agnostic: the error's text says so, as
-    IB's error 162 'Historical Market Data Service error message: ... pacing violation' does)."""
-    return "pacing violation" in str(exc).lower()
+    """Whether a broker refused a request for pacing: a `PacingViolationError`, or any error whose
+    text says so (broker-agnostic), as IB's error 162 "Historical Market Data Service error
+    message:Historical data request pacing violation" does."""
+    from lib.errors import PacingViolationError
+    return isinstance(exc, PacingViolationError) or "pacing violation" in str(exc).lower()
+
+
+def paces(pacer: "HistoryPacer", broker) -> bool:
+    """Whether `broker` paces its own historical requests with `pacer` (an IBBroker given it)."""
+    return getattr(broker, "history_pacer", None) is pacer
 
 
 def with_backoff(call: Callable[[], "T"], retryable: Callable[[BaseException], bool] = is_pacing_violation,
-                 delays: tuple[float, ...] = BACKOFF, sleep: Callable[[float], None] = time.sleep,
+                 delays: tuple[float, ...] | None = None, sleep: Callable[[float], None] = time.sleep,
                  on_retry: Callable[[BaseException, float], None] | None = None) -> "T":
-    """`call()`, retried after each delay in `delays` while it raises an error `retryable` accepts;
-    the last error is raised when the delays are used up (or at once for any other error)."""
-    for delay in (*delays, None):
+    """`call()`, retried after each delay in `delays` (default: `BACKOFF`, read at each call) while
+    it raises an error `retryable` accepts; the last error is raised when the delays are used up (or
+    at once for any other error)."""
+    for delay in (*(BACKOFF if delays is None else delays), None):
         try:
             return call()
         except Exception as exc:

@@ -17,7 +17,8 @@ contract details have no version field and carry minSize/sizeIncrement (>= 164).
 
 What it serves: start-up synchronisation, positions, account updates (single and multi),
 account summary, open / all open / completed orders, executions with commission reports,
-contract details for a few ETFs, daily historical bars, placeOrder (parsed field by field,
+contract details for a few ETFs, historical bars (daily, intraday down to 1 s, TRADES and
+ADJUSTED_LAST; see "Historical data" below), placeOrder (parsed field by field,
 including the what-if flag and every optional section), cancelOrder, global cancel,
 current time, next ids and managed accounts.
 
@@ -27,6 +28,23 @@ highest id that client used, is refused with error 103 ("Duplicate order id") an
 The gateway survives `restart()` with all its state (optionally rolling nextValidId back, as real
 IB Gateway restarts have done), and fills, completed orders and executions that happen while no
 client is connected are reported to the clients that connect later.
+
+Historical data as IB serves it (https://interactivebrokers.github.io/tws-api/historical_limitations.html):
+
+* "N D" counts sessions (bars), at most 365 ("... longer than 365 days must be made in years"); "N W",
+  "N M" and "N Y" are calendar spans ending at the end date; "N S" (intraday bars) seconds of
+  regular trading hours.
+* ADJUSTED_LAST bars (adjusted for the dividends given to `set_dividend`) only up to now: an end date
+  is refused with 321 "End date not supported with adjusted last", as IB does.
+* Pacing, enforced by default (`pacing=False` turns it off), over every client of the gateway (one
+  login) and timed by `clock` (injectable, so tests never wait minutes): for bars of 30 s or less,
+  more than 60 requests in any 10 minutes, an identical request within 15 s, or six or more requests
+  for the same contract, exchange and tick type within 2 s (BID_ASK counts twice); for every bar
+  size, more than 50 requests of one connection open at once (`set_history_delay` keeps answers
+  open). Each is answered with error 162 "Historical Market Data Service error message:Historical
+  data request pacing violation" (the 51st open request with IB's "Only 50 simultaneous API
+  historical data requests allowed"); refused requests count too. Larger bars are throttled softly
+  by IB, never refused. `history_log` records every request with its time and answer.
 """
 from __future__ import annotations
 
@@ -37,6 +55,7 @@ import math
 import random
 import struct
 import threading
+import time
 from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
@@ -51,6 +70,79 @@ TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 COMMISSION_PER_SHARE = 0.005
 COMMISSION_MIN = 1.0
 COMMISSION_MAX_RATE = 0.01
+
+
+#: IB's historical-data pacing rules (bars of 30 s or less) and its limit on open requests.
+PACING_VIOLATION = "Historical Market Data Service error message:Historical data request pacing violation"
+TOO_MANY_OPEN = "Historical Market Data Service error message:Only 50 simultaneous API historical data requests allowed."
+SMALL_BAR_SECONDS = 30
+SMALL_LIMIT, SMALL_PERIOD = 60, 600.0
+IDENTICAL_GAP = 15.0
+PER_CONTRACT_LIMIT, PER_CONTRACT_PERIOD = 6, 2.0  # six or more within 2 s is a violation
+MAX_OPEN = 50
+BAR_SECONDS = {"1 secs": 1, "5 secs": 5, "10 secs": 10, "15 secs": 15, "30 secs": 30, "1 min": 60,
+               "2 mins": 120, "3 mins": 180, "5 mins": 300, "10 mins": 600, "15 mins": 900,
+               "20 mins": 1200, "30 mins": 1800, "1 hour": 3600, "1 day": 86400}
+#: Bar sizes the fake serves: daily, and intraday ones that divide the 6.5-hour session evenly.
+SERVED_BAR_SIZES = tuple(b for b, secs in BAR_SECONDS.items() if secs == 86400 or 23400 % secs == 0)
+RTH_SECONDS = 23400  # 09:30-16:00 New York
+
+
+@dataclasses.dataclass
+class HistoryRequest:
+    """One reqHistoricalData as the gateway saw it, and how it answered."""
+
+    at: float  # the gateway's clock when it arrived
+    client_id: int | None
+    req_id: int
+    symbol: str
+    exchange: str
+    end: str
+    duration: str
+    bar_size: str
+    what: str
+    rth: bool
+    answer: str = ""  # "bars", "pacing violation", "too many open", or "error <code>"
+    bars: int = 0
+    open_before: int = 0  # this connection's requests still open when it arrived
+
+    @property
+    def small(self) -> bool:
+        return BAR_SECONDS.get(self.bar_size, 86400) <= SMALL_BAR_SECONDS
+
+    @property
+    def contract_key(self) -> tuple:
+        """IB's "same Contract, Exchange and Tick Type"."""
+        return self.symbol, self.exchange, self.what
+
+    @property
+    def identity(self) -> tuple:
+        return self.symbol, self.exchange, self.end, self.duration, self.bar_size, self.what, self.rth
+
+    @property
+    def weight(self) -> int:
+        return 2 if self.what == "BID_ASK" else 1  # IB counts a BID_ASK request twice
+
+
+def pacing_problems(log: list[HistoryRequest]) -> list[str]:
+    """Every request of `log` that broke one of IB's small-bar rules, recomputed from the log alone
+    (independent of how the gateway answered): what a test checks a client against."""
+    problems = []
+    for i, r in enumerate(log):
+        if not r.small:
+            continue
+        before = [p for p in log[:i] if p.small]
+        window = sum(p.weight for p in before if r.at - p.at < SMALL_PERIOD) + r.weight
+        if window > SMALL_LIMIT:
+            problems.append(f"request {r.req_id} ({r.symbol} {r.bar_size}) is number {window} within 10 minutes")
+        if any(p.identity == r.identity and r.at - p.at < IDENTICAL_GAP for p in before):
+            problems.append(f"request {r.req_id} ({r.symbol} {r.bar_size}) repeats one of the last 15 s")
+        same = sum(1 for p in before if p.contract_key == r.contract_key and r.at - p.at < PER_CONTRACT_PERIOD) + 1
+        if same >= PER_CONTRACT_LIMIT:
+            problems.append(f"request {r.req_id} is number {same} for {r.symbol} {r.what} within 2 s")
+    problems += [f"request {r.req_id} ({r.symbol}) arrived with {r.open_before} open" for r in log
+                 if r.open_before >= MAX_OPEN]
+    return problems
 
 
 def commission_for(shares: float, value: float) -> float:
@@ -324,6 +416,8 @@ class _Conn:
         self.account_updates = False
         self.positions = False
         self.multi_req_ids: set[int] = set()
+        self.open_history: dict[int, tuple[asyncio.TimerHandle | None, Callable[[], None]]] = {}  # req id ->
+        # (its timer, or None while held) and the answer to send
         self.closed = False
 
     def send(self, *fields: Any) -> None:
@@ -343,13 +437,18 @@ class FakeGateway:
     `set_account_values`, `inject_order`, `partial_fill`, `reject_next_order`, `warn_next_order`,
     `drop_connections`, `drop_after_orders`, `drop_before_ack`, `restart`, `delay_cancels`,
     `delay_fill_reports`, `refuse_cancels_with`, `forget_completed_orders`,
-    `run_closing_auction`; inspection: `orders()`, `positions()`, `received_refs()`,
-    `parsed_orders`, `received`, `protocol_errors`.
+    `run_closing_auction`, `set_dividend`, `set_history_delay`, `refuse_history`; inspection:
+    `orders()`, `positions()`, `received_refs()`, `history_requests()`, `parsed_orders`, `received`,
+    `protocol_errors`.
+
+    `clock` times the historical-data pacing rules (default time.monotonic; a test's fake clock
+    lets it step over 10 minutes at once); `pacing=False` serves every request.
     """
 
     def __init__(self, account: str = "DU1234567", cash: float = 1_000_000.0,
                  server_version: int = 178, fill_delay: float = 0.02,
-                 today: dt.date | None = None, prices: dict[str, float] | None = None):
+                 today: dt.date | None = None, prices: dict[str, float] | None = None,
+                 clock: Callable[[], float] | None = None, pacing: bool = True):
         if server_version not in SUPPORTED_VERSIONS:
             raise ValueError(f"server_version must be one of {SUPPORTED_VERSIONS}")
         self.account = account
@@ -363,6 +462,12 @@ class FakeGateway:
         self.holdings: dict[str, Holding] = {}
         self.account_overrides: dict[str, float] = {}
         self.bars: dict[str, list[tuple]] = {}
+        self.dividends: dict[str, dict[dt.date, float]] = {}  # symbol -> ex-date -> cash amount
+        self.clock = clock or time.monotonic
+        self.pacing = pacing
+        self.history_log: list[HistoryRequest] = []
+        self._history_delay = 0.0
+        self._refuse_history: tuple[int, str | None] = (0, None)
         self.orders_by_perm: dict[int, FakeOrder] = {}
         self.executions: list[FakeExecution] = []
         # Inspection for tests: every message (client id, fields), parsed placeOrders, parse errors.
@@ -468,6 +573,38 @@ class FakeGateway:
             else:
                 rows.append((b.date, b.open, b.high, b.low, b.close, b.volume))
         self._call(self.bars.__setitem__, symbol, sorted(rows))
+
+    def set_dividend(self, symbol: str, ex_date: dt.date, amount: float) -> None:
+        """A cash dividend going ex on `ex_date`: ADJUSTED_LAST bars before it are scaled by
+        1 - amount / (the close before ex_date), as IB adjusts them; TRADES bars stay as traded."""
+        self._call(lambda: self.dividends.setdefault(symbol, {}).__setitem__(ex_date, float(amount)))
+
+    def set_history_delay(self, seconds: float) -> None:
+        """Answer historical requests `seconds` after they arrive (they stay open until then);
+        `math.inf` holds every answer until `release_history()`."""
+        self._call(setattr, self, "_history_delay", float(seconds))
+
+    def release_history(self) -> int:
+        """Send every held historical answer now; returns how many."""
+        def release() -> int:
+            sent = 0
+            for conn in list(self._conns):
+                for req_id, (handle, answer) in list(conn.open_history.items()):
+                    if handle is None:
+                        answer()
+                        sent += 1
+            return sent
+        return self._call(release)
+
+    def refuse_history(self, n: int = 1, symbol: str | None = None) -> None:
+        """Refuse the next `n` historical requests (for `symbol` only, when given) with error 162
+        pacing violation, whatever the rules say (as when another application on the same login
+        used up the window)."""
+        self._call(setattr, self, "_refuse_history", (int(n), symbol))
+
+    def history_requests(self) -> list[HistoryRequest]:
+        """Copies of every historical request received, in arrival order, with its answer."""
+        return self._call(lambda: [dataclasses.replace(r) for r in self.history_log])
 
     def set_account_values(self, **values: float) -> None:
         """Pin account tags (NetLiquidation=..., AvailableFunds=...) instead of computing them."""
@@ -639,7 +776,7 @@ class FakeGateway:
             76: self._on_req_account_updates_multi, 77: self._on_cancel_multi,
             62: self._on_req_account_summary, 63: lambda c, f: None,
             7: self._on_req_executions, 9: self._on_req_contract_details,
-            20: self._on_req_historical_data, 25: lambda c, f: None,
+            20: self._on_req_historical_data, 25: self._on_cancel_historical_data,
             3: self._on_place_order, 4: self._on_cancel_order, 58: self._on_global_cancel,
             49: self._on_req_current_time, 8: self._on_req_ids, 17: self._on_req_managed_accounts,
             59: lambda c, f: None,  # reqMarketDataType
@@ -1343,66 +1480,165 @@ class FakeGateway:
         self.bars[symbol] = rows[::-1]
         return self.bars[symbol]
 
-    def _end_date(self, text: str) -> dt.date:
-        """The session date (New York) an endDateTime names; '' means today."""
+    def _end_moment(self, text: str) -> dt.datetime:
+        """The New York moment an endDateTime names; '' means now (today's close at the latest)."""
         if not text:
-            return self.today
+            return dt.datetime.combine(self.today, dt.time(16, 0), NEW_YORK)
         if "-" in text[:9]:  # "yyyymmdd-hh:mm:ss" is UTC
             moment = dt.datetime.strptime(text, "%Y%m%d-%H:%M:%S").replace(tzinfo=dt.timezone.utc)
         else:
             date, clock, *zone = text.split()
             moment = dt.datetime.strptime(date + clock, "%Y%m%d%H:%M:%S").replace(
                 tzinfo=ZoneInfo(zone[0]) if zone else NEW_YORK)
-        return moment.astimezone(NEW_YORK).date()
+        return moment.astimezone(NEW_YORK)
+
+    def _refusal(self, conn: _Conn, r: HistoryRequest) -> str:
+        """Why IB's pacing rules refuse request `r` ("" when they let it through); counts it."""
+        left, symbol = self._refuse_history
+        if left and symbol in (None, r.symbol):
+            self._refuse_history = (left - 1, symbol)
+            return "pacing violation"
+        if not self.pacing:
+            return ""
+        if r.open_before >= MAX_OPEN:
+            return "too many open"
+        if not r.small:
+            return ""  # larger bars: soft throttling at IB, never a refusal
+        before = [p for p in self.history_log if p.small and p is not r and r.at - p.at < SMALL_PERIOD]
+        if sum(p.weight for p in before) + r.weight > SMALL_LIMIT:
+            return "pacing violation"
+        if any(p.identity == r.identity and r.at - p.at < IDENTICAL_GAP for p in before):
+            return "pacing violation"
+        if sum(1 for p in before if p.contract_key == r.contract_key
+               and r.at - p.at < PER_CONTRACT_PERIOD) + 1 >= PER_CONTRACT_LIMIT:
+            return "pacing violation"
+        return ""
 
     def _on_req_historical_data(self, conn: _Conn, fields: list[str]) -> None:
         r = FieldReader(fields[1:], "reqHistoricalData")
         req_id, c = r.int(), read_contract(r)
         r.bool()  # includeExpired
         end, bar_size, duration = r.str(), r.str(), r.str()
-        _rth, _what, _format_date = r.bool(), r.str(), r.int()
+        rth, what, _format_date = r.bool(), r.str(), r.int()
         if c["secType"] == "BAG":
             for _ in range((r.int() or 0) * 4):  # combo legs: conId, ratio, action, exchange
                 r.str()
         _keep_up_to_date, _chart_options = r.bool(), r.str()
         r.finish()
         i = self._lookup(c)
+        request = HistoryRequest(self.clock(), conn.client_id, req_id, i.symbol if i else c["symbol"],
+                                 c["exchange"], end, duration, bar_size, what, rth,
+                                 open_before=len(conn.open_history))
+        self.history_log.append(request)
+
+        def refuse(code: int, message: str, answer: str = "") -> None:
+            request.answer = answer or f"error {code}"
+            conn.send(4, 2, req_id, code, message, "")
+
         if i is None:
-            conn.send(4, 2, req_id, 200, "No security definition has been found for the request", "")
-            return
-        if bar_size not in ("1 day", "30 mins"):
-            conn.send(4, 2, req_id, 162, "Historical Market Data Service error message:"
-                      f"the fake gateway serves '1 day' and '30 mins' bars only, not {bar_size!r}", "")
-            return
+            return refuse(200, "No security definition has been found for the request")
+        refused = self._refusal(conn, request)
+        if refused:
+            return refuse(162, TOO_MANY_OPEN if refused == "too many open" else PACING_VIOLATION, refused)
+        if bar_size not in SERVED_BAR_SIZES:
+            return refuse(162, "Historical Market Data Service error message:"
+                          f"the fake gateway serves {', '.join(SERVED_BAR_SIZES)} bars only, not {bar_size!r}")
+        if what not in ("TRADES", "ADJUSTED_LAST", "MIDPOINT", "BID", "ASK", "BID_ASK"):
+            return refuse(321, f"Error validating request.-'bP' : cause - unknown whatToShow {what!r}")
+        if what == "ADJUSTED_LAST" and end:
+            return refuse(321, "Error validating request.-'bX' : cause - End date not supported with adjusted last")
         try:
             count, unit = duration.split()
-            sessions = int(count) * {"S": 1, "D": 1, "W": 5, "M": 21, "Y": 252}[unit]
-            end_date = self._end_date(end)
+            count = int(count)
+            moment = self._end_moment(end)
+            if unit == "D" and count > 365:
+                raise ValueError("Historical data requests for durations longer than 365 days must be made in years.")
         except (ValueError, KeyError) as exc:
-            conn.send(4, 2, req_id, 321, f"Error validating request:-'bP' : cause - {exc}", "")
-            return
-        bars = [b for b in self._daily_bars(i.symbol) if b[0] <= end_date][-sessions:]
-        if not bars:
-            conn.send(4, 2, req_id, 162, "Historical Market Data Service error message:HMDS query returned no data", "")
-            return
-        if bar_size == "30 mins":
-            bars = self._half_hour_bars(bars)
-        out: list[Any] = [17, req_id, f"{bars[0][0]:%Y%m%d} 00:00:00", f"{end_date:%Y%m%d} 23:59:59", len(bars)]
+            return refuse(321, f"Error validating request.-'bP' : cause - {exc}")
+        daily = [b for b in self._daily_bars(i.symbol) if b[0] <= moment.date()]
+        if what == "ADJUSTED_LAST":
+            daily = self._adjusted(i.symbol, daily)
+        if unit == "D":
+            daily = daily[-count:]
+        elif unit == "S":
+            daily = daily[-math.ceil(count / RTH_SECONDS):]
+        elif unit in ("W", "M", "Y"):
+            first = {"W": lambda d: d - dt.timedelta(weeks=count),
+                     "M": lambda d: _months_before(d, count),
+                     "Y": lambda d: _months_before(d, 12 * count)}[unit](moment.date())
+            daily = [b for b in daily if b[0] > first]
+        else:
+            return refuse(321, f"Error validating request.-'bP' : cause - unknown duration unit {unit!r}")
+        if not daily:
+            return refuse(162, "Historical Market Data Service error message:HMDS query returned no data")
+        bars = daily
+        if bar_size != "1 day":
+            bars = self._intraday_bars(daily, BAR_SECONDS[bar_size])
+            bars = [b for b in bars if b[0] < moment]
+            if unit == "S":
+                bars = bars[-max(1, count // BAR_SECONDS[bar_size]):]
+        out: list[Any] = [17, req_id, f"{bars[0][0]:%Y%m%d} 00:00:00", f"{moment.date():%Y%m%d} 23:59:59", len(bars)]
         for when, o, h, low, c_, v in bars:
             # formatDate=2: daily bars as yyyymmdd, intraday bars as epoch seconds
             stamp = f"{when:%Y%m%d}" if not isinstance(when, dt.datetime) else str(int(when.timestamp()))
             out += [stamp, o, h, low, c_, qty(v), round((o + h + low + c_) / 4, 4), max(1, int(v) // 100)]
-        conn.send(*out)
+        request.answer, request.bars = "bars", len(bars)
+
+        def answer() -> None:
+            if conn.open_history.pop(req_id, None) is not None:  # not cancelled meanwhile
+                conn.send(*out)
+
+        if self._history_delay == math.inf:
+            conn.open_history[req_id] = (None, answer)
+        elif self._history_delay > 0 and self._loop is not None:
+            conn.open_history[req_id] = (self._loop.call_later(self._history_delay, answer), answer)
+        else:
+            conn.send(*out)
+
+    def _on_cancel_historical_data(self, conn: _Conn, fields: list[str]) -> None:
+        r = FieldReader(fields[1:], "cancelHistoricalData")
+        r.int()  # version
+        req_id = r.int()
+        r.finish()
+        handle, _answer = conn.open_history.pop(req_id, (None, None))
+        if handle is not None:
+            handle.cancel()
+
+    def _adjusted(self, symbol: str, daily: list[tuple]) -> list[tuple]:
+        """ADJUSTED_LAST: every bar before an ex-date scaled by 1 - dividend / the close before it."""
+        events = sorted(self.dividends.get(symbol, {}).items())
+        if not events:
+            return daily
+        closes = {b[0]: b[4] for b in self._daily_bars(symbol)}
+        days = sorted(closes)
+        out = []
+        for when, o, h, low, c, v in daily:
+            factor = 1.0
+            for ex, amount in events:
+                if when < ex:
+                    prior = [d for d in days if d < ex]
+                    factor *= 1 - amount / closes[prior[-1]] if prior else 1.0
+            out.append((when, round(o * factor, 4), round(h * factor, 4), round(low * factor, 4),
+                        round(c * factor, 4), v))
+        return out
 
     @staticmethod
-    def _half_hour_bars(daily: list[tuple]) -> list[tuple]:
-        """13 regular-hours bars per session, walking from the day's open to its close."""
+    def _intraday_bars(daily: list[tuple], seconds: int) -> list[tuple]:
+        """Regular-hours bars of `seconds` per session, walking from the day's open to its close."""
+        n = RTH_SECONDS // seconds
         rows = []
         for day, o, h, low, c, v in daily:
             start = dt.datetime.combine(day, dt.time(9, 30), NEW_YORK)
-            for k in range(13):
-                p0, p1 = o + (c - o) * k / 13, o + (c - o) * (k + 1) / 13
+            for k in range(n):
+                p0, p1 = o + (c - o) * k / n, o + (c - o) * (k + 1) / n
                 wiggle = (h - low) * 0.05 * (1 if k % 2 else -1)
-                rows.append((start + dt.timedelta(minutes=30 * k), round(p0, 2), round(max(p0, p1) + abs(wiggle), 2),
-                             round(min(p0, p1) - abs(wiggle), 2), round(p1 + wiggle * 0.2, 2), max(1, v // 13)))
+                rows.append((start + dt.timedelta(seconds=seconds * k), round(p0, 2), round(max(p0, p1) + abs(wiggle), 2),
+                             round(min(p0, p1) - abs(wiggle), 2), round(p1 + wiggle * 0.2, 2), max(1, v // n)))
         return rows
+
+
+def _months_before(day: dt.date, months: int) -> dt.date:
+    """The same day `months` calendar months earlier (the month's last day when it has fewer)."""
+    import calendar
+    year, month = divmod(day.year * 12 + day.month - 1 - months, 12)
+    return dt.date(year, month + 1, min(day.day, calendar.monthrange(year, month + 1)[1]))

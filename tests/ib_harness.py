@@ -137,3 +137,26 @@ def make_ib_harness(tmp_path: Path | None = None, account: str = "DU1234567", **
         problems = watch.failures + gateway.protocol_errors
         if problems:
             raise AssertionError(f"IB protocol problems during the test: {problems}")
+
+
+# ---- market data store tests and benchmark (add-only) -------------------------------------------
+def session_bars(symbol: str, end, count: int) -> list[tuple]:
+    """`count` deterministic daily bars (date, open, high, low, close, volume) on the XNYS sessions
+    ending at `end` (a session), closing at the instrument's price: for `FakeGateway.set_bars`, so
+    the fake's sessions are the exchange calendar's, as the store expects of IB."""
+    import math
+    import random
+
+    import pandas as pd
+
+    from lib import sessions
+    days = [d.date() for d in sessions.calendar().sessions_window(pd.Timestamp(end), -count)]
+    rng = random.Random(f"session-bars:{symbol}")
+    close, rows = INSTRUMENTS[symbol].price if symbol in INSTRUMENTS else 100.0, []
+    for day in reversed(days):  # newest first, walking back in time
+        prev = close / math.exp(rng.gauss(0.0003, 0.012))
+        open_ = prev * math.exp(rng.gauss(0, 0.004))
+        rows.append((day, round(open_, 2), round(max(open_, close) * 1.004, 2), round(min(open_, close) * 0.996, 2),
+                     round(close, 2), rng.randint(1_000_000, 50_000_000)))
+        close = prev
+    return rows[::-1]

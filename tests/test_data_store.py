@@ -262,14 +262,14 @@ class FakeClock:
 def test_small_bars_follow_ibs_hard_rules():
     clock = FakeClock()
     pacer = HistoryPacer(clock=clock, sleep=clock.sleep)
-    for i in range(6):  # six requests for one contract at once are allowed …
+    for i in range(5):  # five requests for one contract at once are allowed (IB: "six or more" within 2 s is not) …
         assert pacer.acquire("SPY", "30 secs", ("SPY", i)) == 0.0
         pacer.release()
-    assert pacer.acquire("SPY", "30 secs", ("SPY", 6)) == pytest.approx(2.0)  # … the seventh waits 2 s
+    assert pacer.acquire("SPY", "30 secs", ("SPY", 5)) == pytest.approx(2.0)  # … the sixth waits 2 s
     pacer.release()
-    assert pacer.acquire("SPY", "30 secs", ("SPY", 6)) == pytest.approx(15.0)  # identical: 15 s after the last
+    assert pacer.acquire("SPY", "30 secs", ("SPY", 5)) == pytest.approx(15.0)  # identical: 15 s after the last
     pacer.release()
-    for i in range(52):  # 60 in any 10 minutes
+    for i in range(53):  # 60 in any 10 minutes
         pacer.acquire(f"S{i}", "5 secs")
         pacer.release()
     t = clock.now

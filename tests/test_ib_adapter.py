@@ -20,7 +20,7 @@ from lib.broker import Contract, OrderRequest, open_broker
 from lib.broker.ib import IBBroker
 from lib.errors import (AccountMismatchError, BrokerConnectionError, BrokerError, OrderRejectedError,
                         UnknownContractError)
-from lib.pacing import Pacer
+from lib.pacing import HistoryPacer, Pacer
 from tests.fake_gateway import FakeGateway, commission_for
 from tests.ib_harness import OTHER_CLIENT_ID, make_ib_harness, watch_ib_decoding
 
@@ -472,7 +472,8 @@ def test_adapter_sends_every_request_through_its_pacers(gateway):
 
 def test_default_message_rate_is_45_per_second(gateway, broker):
     assert (broker._msg_pacer.limit, broker._msg_pacer.period) == (45, 1.0)
-    assert (broker._hist_pacer.limit, broker._hist_pacer.period) == (60, 600.0)
+    # Historical requests: IB's hard limits for bars of 30 s or less only, 50 open (lib.pacing.HistoryPacer).
+    assert isinstance(broker.history_pacer, HistoryPacer) and broker.history_pacer.max_open == 50
     faster = connect(gateway, client_id=2, msg_rate=40)
     try:
         assert faster._msg_pacer.limit == 40

@@ -3,7 +3,12 @@
 Every public method returns the plain dataclasses of `lib.broker.base` and raises only the
 errors of `lib.errors`; no ib_async or asyncio exception escapes. Outgoing messages go through a
 `Pacer` (IB disconnects clients above 50 messages/s; the default here is 45) and historical-data
-requests through a second one (IB penalises more than 60 requests per 10 minutes).
+requests through a `HistoryPacer` (lib/pacing.py): IB's hard limits for bars of 30 s or less (60
+requests per 10 minutes, no identical request within 15 s, at most 5 per contract, exchange and tick
+type within 2 s), a configurable window for larger bars, and at most 50 requests open. Pass one
+`hist_pacer` to every connection of a stage so one pacer governs all of its requests. A request IB
+refuses for pacing raises `PacingViolationError` ("pacing violation"), which `lib.pacing.with_backoff`
+retries.
 
 Each IBBroker runs its ib_async `IB` on a private event loop in a daemon thread and hands every
 request to it. So it works from any thread, inside Jupyter/papermill or an async program (where a
@@ -22,6 +27,7 @@ import math
 import threading
 import urllib.parse
 from typing import Any, Callable, Coroutine, Iterable, Iterator
+from zoneinfo import ZoneInfo
 
 from ib_async import IB, Contract as IBContract, ExecutionFilter, LimitOrder, MarketOrder, Order
 from ib_async.wrapper import RequestError
@@ -29,13 +35,22 @@ from ib_async.wrapper import RequestError
 from lib.broker.base import (ORDER_TYPES, TERMINAL_STATUSES, UNACKNOWLEDGED_STATUSES, AccountSnapshot,
                              Bar, Broker, Contract, Holding, OrderRequest, OrderState, check_account)
 from lib.errors import (AccountMismatchError, BrokerConnectionError, BrokerError, BrokerTimeoutError,
-                        OrderRejectedError, PipelineError, SendUncertainError, UnknownContractError)
-from lib.pacing import Pacer
+                        OrderRejectedError, PacingViolationError, PipelineError, SendUncertainError,
+                        UnknownContractError)
+from lib.pacing import HistoryPacer, Pacer
 
 USUAL_PORTS = "4002 (IB Gateway paper), 4001 (IB Gateway live), 7497 (TWS paper), 7496 (TWS live)"
 DEFAULT_MSG_RATE = 45  # per second; IB's hard limit is 50
-HIST_LIMIT, HIST_PERIOD = 60, 600.0  # historical requests per 10 minutes
+#: Added to the windows of IB's hard historical-data rules: a request let go at t reaches IB a little later.
+HIST_MARGIN = 0.5
+#: A "N Y" duration covers N calendar years; a year had at least 248 XNYS sessions since 2000 (2001).
+MIN_SESSIONS_PER_YEAR = 248
+DAILY = "1 day"
+#: IB's answers to a historical request refused for pacing (error 162 and, for more than 50 open
+#: requests, IB's own sentence): https://interactivebrokers.github.io/tws-api/historical_limitations.html
+PACING_TEXTS = ("pacing violation", "simultaneous api historical data requests")
 UNSET_DOUBLE = 1.7976931348623157e308
+NEW_YORK = ZoneInfo("America/New_York")
 
 # ---- what an IB message tied to an order id means for that order --------------------------------
 # IB sends errors, warnings and notices alike through `error(reqId, code, message)`. The codes come
@@ -110,6 +125,15 @@ def _finite(value: Any, positive: bool = False) -> float | None:
     if not math.isfinite(number) or number == UNSET_DOUBLE or (positive and number <= 0):
         return None
     return number
+
+
+def ib_duration(sessions: int) -> str:
+    """IB's durationStr for `sessions` daily bars: "N D" counts sessions (IB aligns D to trading
+    days: "20 D" up to an end date returns the 20 sessions ending there) and takes at most 365; longer
+    ones must be whole calendar years ("N Y"), enough of them to hold `sessions`."""
+    if sessions <= 365:
+        return f"{sessions} D"
+    return f"{math.ceil(sessions / MIN_SESSIONS_PER_YEAR)} Y"
 
 
 def _is_failure(code: int) -> bool:
@@ -197,7 +221,7 @@ class IBBroker(Broker):
     def __init__(self, host: str, port: int, client_id: int, mode: str,
                  expected_account: str | None = None, timeout: float = 10.0,
                  account: str | None = None, msg_rate: int = DEFAULT_MSG_RATE,
-                 msg_pacer: Pacer | None = None, hist_pacer: Pacer | None = None,
+                 msg_pacer: Pacer | None = None, hist_pacer: HistoryPacer | Pacer | None = None,
                  ack_timeout: float | None = None):
         """Connect (blocking) and synchronise.
 
@@ -205,6 +229,9 @@ class IBBroker(Broker):
         `config/{mode}.account` that the account guard compares before each order. Raises
         BrokerConnectionError when the connection fails, AccountMismatchError when `account` is
         not managed by the login (or the login manages several and none was named).
+
+        `hist_pacer`: the `HistoryPacer` every historical request goes through (default: one of its
+        own); a plain `Pacer` paces every historical request alike, whatever its bar size.
         """
         self.host, self.port, self.client_id = host, int(port), int(client_id)
         self.mode = mode
@@ -212,7 +239,7 @@ class IBBroker(Broker):
         self.timeout = float(timeout)
         self.ack_timeout = min(self.timeout, 5.0) if ack_timeout is None else float(ack_timeout)
         self._msg_pacer = msg_pacer or Pacer(int(msg_rate), 1.0)
-        self._hist_pacer = hist_pacer or Pacer(HIST_LIMIT, HIST_PERIOD)
+        self._hist_pacer = hist_pacer or HistoryPacer(margin=HIST_MARGIN)
         # The attributes below are touched on the loop thread only.
         self._trades: dict[int, Any] = {}  # order id -> ib_async Trade, for orders placed here
         self._errors: dict[int, tuple[int, str]] = {}  # request id -> failing (code, message)
@@ -603,31 +630,90 @@ class IBBroker(Broker):
             raise BrokerError(f"IB reported no {tag} for account {self._account}")
         return float(values[0].value)
 
+    @property
+    def history_pacer(self) -> HistoryPacer | Pacer:
+        """The pacer every historical request of this connection goes through."""
+        return self._hist_pacer
+
     def history(self, contract: Contract, days: int, bar_size: str = "1 day",
                 end: dt.date | None = None) -> list[Bar]:
         """The last `days` bars (trading sessions for daily bars) up to `end`, oldest first.
 
-        TRADES, regular trading hours. Raises UnknownContractError for an unknown contract and
-        BrokerError when IB refuses the request.
+        TRADES, regular trading hours, as one request of "`days` D" (IB counts D in sessions: up to
+        `end`, the last `days` sessions) or, beyond 365 days, of whole calendar years, trimmed.
+        Paced by `history_pacer`. Raises UnknownContractError for an unknown contract,
+        PacingViolationError when IB refuses it for pacing (retry after a back-off) and BrokerError
+        when IB refuses it otherwise.
         """
+        return self._history(contract, days, bar_size, end, "TRADES")
+
+    def adjusted_history(self, contract: Contract, days: int, end: dt.date | None = None) -> list[Bar]:
+        """IB only, an extra beside `history`: the last `days` daily bars up to `end` adjusted for
+        splits and dividends (ADJUSTED_LAST), oldest first.
+
+        IB serves ADJUSTED_LAST only up to now (an end date is refused: "End date not supported with
+        adjusted last"), so the request reaches back from now over the sessions after `end` as well,
+        and those bars are dropped. Every bar before the latest split or dividend changes when one
+        happens: keep the raw TRADES bars as the record and these as the adjusted view. Same errors
+        and pacing as `history`.
+        """
+        return self._history(contract, days, DAILY, end, "ADJUSTED_LAST")
+
+    def _history(self, contract: Contract, days: int, bar_size: str, end: dt.date | None, what: str) -> list[Bar]:
         if days < 1:
             raise ValueError(f"days must be >= 1, got {days}")
-        with self._guard(f"fetch {bar_size} bars of {contract.symbol}"):
+        with self._guard(f"fetch {bar_size} {what} bars of {contract.symbol}"):
             self._ensure_connected()
-            self._hist_pacer.acquire()
-            self._pace()
-            return self._run(self._history_async(contract, days, bar_size, end), self.timeout + 1)
+            if what == "ADJUSTED_LAST":
+                end_text, count = "", days + self._sessions_after(end) if end is not None else days
+            else:
+                # A bare date would go out as that day's 23:59:59 in the local zone; name New York's instead.
+                end_text, count = ("" if end is None else f"{end:%Y%m%d} 23:59:59 US/Eastern"), days
+            duration = ib_duration(count)
+            # IB's rules count per contract, exchange and tick type; identical = every field alike.
+            key = f"{contract.conId or contract.symbol}@{contract.exchange}:{what}"
+            identity = (key, contract.symbol, contract.secType, contract.currency, contract.primaryExchange,
+                        end_text, duration, bar_size, what, True)
+            with self._paced(key, bar_size, identity):
+                self._pace()
+                return self._run(self._history_async(contract, days, bar_size, end, what, end_text, duration),
+                                 self.timeout + 1)
 
-    async def _history_async(self, contract: Contract, days: int, bar_size: str, end: dt.date | None) -> list[Bar]:
-        duration = f"{days} D" if days <= 365 else f"{math.ceil(days / 252)} Y"
-        # A bare date would go out as that day's 23:59:59 in the local zone; name New York's instead.
-        end_text = "" if end is None else f"{end:%Y%m%d} 23:59:59 US/Eastern"
+    @contextlib.contextmanager
+    def _paced(self, key: str, bar_size: str, identity: tuple) -> Iterator[None]:
+        """Hold the historical pacer's permission (and an open-request slot) around one request."""
+        pacer = self._hist_pacer
+        if isinstance(pacer, HistoryPacer):
+            with pacer.request(key, bar_size, identity):
+                yield
+        else:
+            pacer.acquire()
+            yield
+
+    @staticmethod
+    def _sessions_after(end: dt.date) -> int:
+        """XNYS sessions after `end` up to today in New York (ADJUSTED_LAST reaches back from now)."""
+        import pandas as pd
+
+        from lib import sessions
+        today = dt.datetime.now(NEW_YORK).date()
+        if today <= end:
+            return 0
+        found = sessions.calendar().sessions_in_range(pd.Timestamp(end + dt.timedelta(days=1)), pd.Timestamp(today))
+        return len(found) + 1  # one spare: a session whose bar IB already has before the calendar's day turns
+
+    async def _history_async(self, contract: Contract, days: int, bar_size: str, end: dt.date | None, what: str,
+                             end_text: str, duration: str) -> list[Bar]:
         bars = await self._ib.reqHistoricalDataAsync(
-            self._ib_contract(contract), end_text, duration, bar_size, "TRADES", True, formatDate=2,
+            self._ib_contract(contract), end_text, duration, bar_size, what, True, formatDate=2,
             timeout=self.timeout)
         failure = self._errors.pop(bars.reqId, None)
         if failure and failure[0] == 200:
             raise UnknownContractError(f"IB does not know the contract {contract.symbol!r}: {failure[1]}")
+        if failure and any(text in failure[1].lower() for text in PACING_TEXTS):
+            raise PacingViolationError(
+                f"IB refused {bar_size} {what} bars of {contract.symbol}: error {failure[0]}: {failure[1]}"
+                + ("" if "pacing violation" in failure[1].lower() else " (a pacing violation)"))
         if failure:
             raise BrokerError(f"IB refused {bar_size} bars of {contract.symbol}: error {failure[0]}: {failure[1]}")
         if not bars:  # ib_async returns an empty list when its own timeout passed
@@ -636,12 +722,15 @@ class IBBroker(Broker):
             raise BrokerTimeoutError(f"IB at {self._where} sent no {bar_size} bars of {contract.symbol} "
                                      f"within {self.timeout:g} s")
         out = []
-        # Daily bars: the last `days` sessions. Intraday bars: everything the duration returned.
-        for b in (bars[-days:] if bar_size == "1 day" else bars):
+        for b in bars:
             date = b.date.astimezone(dt.timezone.utc) if isinstance(b.date, dt.datetime) else b.date
             out.append(Bar(date=date, open=float(b.open), high=float(b.high), low=float(b.low),
                            close=float(b.close), volume=float(b.volume)))
-        return out
+        if bar_size == DAILY:  # daily bars: the last `days` sessions up to `end`
+            if end is not None:
+                out = [b for b in out if b.date <= end]
+            out = out[-days:]
+        return out  # intraday bars: everything the duration returned
 
     def qualify(self, contract: Contract) -> Contract:
         """The contract completed by IB (conId, primary exchange); raises UnknownContractError with

@@ -1,6 +1,6 @@
 """The market data store's commands.
 
-    python -m lib.data update [--symbols SPY VIXY] [--lookback N] [--as-of DATE] [--rate N/S]
+    python -m lib.data update [--symbols SPY VIXY] [--lookback N] [--as-of DATE] [--rate N/S] [--no-adjusted]
     python -m lib.data list
     python -m lib.data show SYMBOL [--rows N]
     python -m lib.data import FILE.csv --symbol S [--replace]
@@ -118,7 +118,8 @@ def cmd_update(store: BarStore, args) -> int:
         print(f"  [{done}/{total}, ~{left or 0:.0f} s left] {outcome.line()}", flush=True)
 
     report = update_from_broker(settings.data, settings.broker, settings.mode, wanted, as_of=args.as_of,
-                                pacer=pacer, on_progress=shown, log=lambda m: print(f"  {m}", flush=True))
+                                pacer=pacer, adjusted=not args.no_adjusted, on_progress=shown,
+                                log=lambda m: print(f"  {m}", flush=True))
     print(report.summary())
     if source == "sim":
         print("the simulator's bars are SYNTHETIC, not real prices")
@@ -144,6 +145,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     u.add_argument("--as-of", help="the simulator's clock, YYYY-MM-DD (moves it forward only)")
     u.add_argument("--rate", default="60/60", help="REQUESTS/SECONDS for bars over 30 s (60/60); bars of 30 s or "
                    "less always follow IB's hard limits")
+    u.add_argument("--no-adjusted", action="store_true", help="skip IB's adjusted closes (ADJUSTED_LAST: one more "
+                   "request per series whose bars changed)")
     sub.add_parser("list", parents=[common], help="every stored series, one line each")
     s = sub.add_parser("show", parents=[common], help="one series: source, sessions, the last bars")
     s.add_argument("symbol", type=str.upper)

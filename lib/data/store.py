@@ -181,7 +181,7 @@ def decode(data: bytes, link: str) -> Series:
     if meta.get("format") != FORMAT:
         raise DamagedSeriesError(link, f"unknown format {meta.get('format')!r}")
     frame = pd.DataFrame({c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS},
-                         index=pd.DatetimeIndex(pd.to_datetime(table.column("date").to_pylist()), name="date"))
+                         index=pd.DatetimeIndex(table.column("date").to_numpy().astype("datetime64[ns]"), name="date"))
     return Series(symbol=meta["symbol"], bars=frame, source=meta["source"], bar_size=meta.get("bar_size", DAILY),
                   history_complete=bool(meta.get("history_complete")), updated_at=meta.get("updated_at", ""),
                   note=meta.get("note", ""))

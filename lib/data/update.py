@@ -4,9 +4,16 @@ For each series: the first time, its whole history (`first_sessions`, 10 years b
 lookback if longer) in one request; after that only the sessions after the last one stored, plus
 that last session again (it may have been a partial bar). A series shorter than a lookback that its
 source could still extend is fetched back far enough once. Requests go through one `HistoryPacer`
-shared by every series of the update, and a request the broker refused for pacing is retried after
-a back-off (`lib.pacing.with_backoff`). Every fetch goes through `Broker.history(contract, days,
-bar_size, end)`, so any broker serves it.
+shared by every series of the update (on IB the connection itself paces with it, so every request
+of the stage, TRADES and ADJUSTED_LAST alike, is counted by that one pacer), and a request the
+broker refused for pacing is retried after a back-off (`lib.pacing.with_backoff`). Every fetch goes
+through `Broker.history(contract, days, bar_size, end)`, so any broker serves it.
+
+Adjusted closes (IB only: `IBBroker.adjusted_history`, ADJUSTED_LAST; the simulator has none): one
+more request over the same sessions, made only when the raw bars brought something new or changed
+(a second run on the same day asks for the last session's TRADES bar only) or the latest session
+lacks one. A split or dividend rescales every earlier adjusted close: the older stored ones are
+rescaled by how the adjustment factor (adjusted / raw close) of the oldest refetched session moved.
 
 A series whose source is another than the broker's: the simulator's synthetic bars never replace or
 extend real ones (ib, imports) and are replaced by a real broker's; an import is never extended by
@@ -28,7 +35,7 @@ from lib import sessions
 from lib.broker import Contract
 from lib.data.files import DataError
 from lib.data.store import DAILY, BarStore, Series, bars_frame, check_symbol, describe_source, merge
-from lib.pacing import HistoryPacer, with_backoff
+from lib.pacing import HistoryPacer, paces, with_backoff
 
 UTC = dt.timezone.utc
 NEW_YORK = ZoneInfo("America/New_York")
@@ -90,7 +97,8 @@ class Outcome:
 
     symbol: str
     ok: bool
-    requests: int = 0
+    requests: int = 0  # history requests sent (retries and adjusted ones included)
+    adjusted_requests: int = 0  # of which ADJUSTED_LAST (IB)
     bars: int = 0  # bars received
     asked: int = 0  # sessions asked for
     last_session: dt.date | None = None
@@ -101,8 +109,9 @@ class Outcome:
 
     def line(self) -> str:
         state = "ok" if self.ok else "FAILED"
-        what = (f"{self.rows} sessions to {self.last_session}, {self.requests} request(s) for {self.asked} session(s)"
-                if self.ok else self.error)
+        adjusted = f" (+{self.adjusted_requests} adjusted)" if self.adjusted_requests else ""
+        what = (f"{self.rows} sessions to {self.last_session}, {self.requests - self.adjusted_requests} request(s)"
+                f"{adjusted} for {self.asked} session(s)" if self.ok else self.error)
         extra = f" [{'; '.join(self.notes)}]" if self.notes else ""
         return f"{self.symbol:<8} {state:<6} {what}{extra}"
 
@@ -112,21 +121,77 @@ class Updater:
 
     def __init__(self, store: BarStore, broker, source: str, pacer: HistoryPacer | None = None,
                  first_sessions: int = FIRST_SESSIONS, backoff: tuple[float, ...] | None = None,
-                 sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] | None = None):
+                 sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] | None = None,
+                 adjusted: bool = True):
         self.store, self.broker, self.source = store, broker, source
-        self.pacer = pacer or HistoryPacer()
+        own = getattr(broker, "history_pacer", None)  # an IB connection's own: then one pacer, not two
+        self.pacer = pacer or (own if isinstance(own, HistoryPacer) else HistoryPacer())
         self.first_sessions = first_sessions
         self.backoff, self.sleep, self.log = backoff, sleep, log or (lambda message: None)
+        # Adjusted closes where the broker gives them (IB's ADJUSTED_LAST), one extra request.
+        self.adjusted = adjusted and callable(getattr(broker, "adjusted_history", None))
 
-    def _fetch(self, symbol: str, days: int, end: dt.date, outcome: Outcome):
+    def _fetch(self, symbol: str, days: int, end: dt.date, outcome: Outcome, adjusted: bool = False):
+        what = "ADJUSTED_LAST" if adjusted else "TRADES"
+
+        def call():
+            outcome.requests += 1
+            outcome.adjusted_requests += adjusted
+            if adjusted:
+                return self.broker.adjusted_history(Contract(symbol=symbol), days, end=end)
+            return self.broker.history(Contract(symbol=symbol), days, bar_size=DAILY, end=end)
+
         def once():
-            with self.pacer.request(symbol, DAILY, (symbol, DAILY, days, end.isoformat())):
-                outcome.requests += 1
-                return self.broker.history(Contract(symbol=symbol), days, bar_size=DAILY, end=end)
+            if paces(self.pacer, self.broker):  # an IB connection given this pacer paces its own requests
+                return call()
+            with self.pacer.request(f"{symbol}:{what}", DAILY, (symbol, DAILY, days, end.isoformat(), what)):
+                return call()
 
         kwargs = {} if self.backoff is None else {"delays": self.backoff}
         return with_backoff(once, sleep=self.sleep, on_retry=lambda exc, delay: self.log(
             f"{symbol}: the broker refused for pacing ({exc}); retrying in {delay:.0f} s"), **kwargs)
+
+    def _merge(self, symbol: str, current: Series | None, fresh: pd.DataFrame, days: int, end: dt.date,
+               outcome: Outcome) -> pd.DataFrame:
+        """The stored bars with `fresh` (raw) ones merged in, adjusted closes kept, fetched and rescaled."""
+        old = None if current is None else current.bars
+        merged = merge(old, fresh)
+        raw = ["open", "high", "low", "close", "volume"]
+        same = pd.Series(False, index=fresh.index)
+        if old is not None:  # refetched bars that did not change keep their stored adjusted close
+            before = old.reindex(fresh.index)
+            same = (before[raw].eq(fresh[raw]) | (before[raw].isna() & fresh[raw].isna())).all(axis=1)
+            kept = same[same].index
+            merged.loc[kept, "adj_close"] = old.loc[kept, "adj_close"]
+        if not self.adjusted or (bool(same.all()) and pd.notna(merged["adj_close"].iloc[-1])):
+            return merged  # nothing new, and the latest session has its adjusted close
+        try:
+            adjusted = self._fetch(symbol, days, end, outcome, adjusted=True)
+        except Exception as exc:  # the raw bars still count; the next update asks again
+            outcome.notes.append(f"no adjusted closes this time ({type(exc).__name__}: {exc})")
+            return merged
+        adj = pd.Series({pd.Timestamp(b.date): float(b.close) for b in adjusted}, dtype="float64")
+        adj = adj[adj.index.isin(merged.index)]
+        if adj.empty:
+            outcome.notes.append("the broker gave no adjusted closes")
+            return merged
+        older = merged.index < adj.index[0]
+        if old is not None and merged.loc[older, "adj_close"].notna().any():
+            # A split or dividend since the last update moves the factor of every earlier session alike.
+            overlap = [d for d in adj.index if d in old.index and pd.notna(old.at[d, "adj_close"])
+                       and old.at[d, "close"] and merged.at[d, "close"]]
+            if overlap:
+                d = overlap[0]
+                ratio = (adj[d] / merged.at[d, "close"]) / (old.at[d, "adj_close"] / old.at[d, "close"])
+                if abs(ratio - 1) > 1e-9:
+                    merged.loc[older, "adj_close"] *= ratio
+                    outcome.notes.append(f"adjusted closes before {d.date()} rescaled by {ratio:.6f} "
+                                         "(a split or dividend)")
+            else:  # no session to compare: the older adjusted closes cannot be trusted
+                merged.loc[older, "adj_close"] = float("nan")
+                outcome.notes.append(f"adjusted closes before {adj.index[0].date()} dropped (nothing to rescale by)")
+        merged.loc[adj.index, "adj_close"] = adj.to_numpy()
+        return merged
 
     def update(self, symbol: str, lookback: int, end: dt.date, refresh: bool = True) -> Outcome:
         """Bring `symbol` up to `end` with at least `lookback` sessions. With `refresh=False` a series
@@ -162,7 +227,7 @@ class Updater:
                 return current
             fresh = bars_frame(bars)
             reached_back = current is None or days > sessions_between(current.last_session, end)
-            return Series(symbol, merge(None if current is None else current.bars, fresh), self.source,
+            return Series(symbol, self._merge(symbol, current, fresh, days, end, outcome), self.source,
                           history_complete=(current is not None and current.history_complete)
                           or (reached_back and len(bars) < days))
 
@@ -248,11 +313,14 @@ class UpdateReport:
 
 def update_from_broker(data_url: str, broker_url: str, mode: str, wanted: dict[str, int], *,
                        as_of: str | None = None, now: dt.datetime | None = None, refresh: bool = True,
-                       pacer: HistoryPacer | None = None, workers: int = 4,
+                       pacer: HistoryPacer | None = None, workers: int = 4, adjusted: bool = True,
+                       backoff: tuple[float, ...] | None = None,
                        on_progress: Callable[[int, int, float | None, Outcome], None] | None = None,
                        log: Callable[[str], None] | None = None) -> UpdateReport:
     """Open the store and one broker connection and update `wanted` (symbol → lookback) once.
 
+    Every request goes through `pacer` (one for the whole update; an IB connection is opened with it
+    as its `hist_pacer`). `adjusted`: also ask for adjusted closes where the broker gives them (IB).
     `as_of` is the simulator's clock (ignored by other brokers); raises for a store or broker that
     cannot be opened (every series fails then), otherwise reports each series' outcome."""
     from lib.broker import open_broker
@@ -262,8 +330,10 @@ def update_from_broker(data_url: str, broker_url: str, mode: str, wanted: dict[s
     options = {"as_of": as_of} if as_of and source == "sim" else {}
     t0 = time.monotonic()
     pacer = pacer or HistoryPacer()
+    if source == "ib":
+        options["hist_pacer"] = pacer  # the connection paces every request of the update with it
     with open_broker(broker_url, mode, None, **options) as broker:
         end = broker_end(broker, now)
-        updater = Updater(store, broker, source, pacer, log=log)
+        updater = Updater(store, broker, source, pacer, backoff=backoff, log=log, adjusted=adjusted)
         outcomes = updater.update_many(wanted, end, refresh=refresh, workers=workers, on_progress=on_progress)
     return UpdateReport(outcomes, end, pacer.requests, time.monotonic() - t0, pacer.waited)
