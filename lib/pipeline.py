@@ -330,6 +330,7 @@ def _data_stage(run: _Run):
     records it as for any failed strategy: an error intent, so its previous targets are held); every
     other strategy gets the store's URL as the notebook parameter `data_url`."""
     from lib import data
+    from lib.pacing import HistoryPacer
     original = run.strategy_task
     wanted = data.declared({sid: run.strategies[sid] for sid in run.chosen})
     blocked: dict[str, str] = {}
@@ -342,10 +343,13 @@ def _data_stage(run: _Run):
                                 f"{'ok' if outcome.ok else 'FAILED'}, ~{left or 0:.0f} s left")
 
         try:
-            # The stage's own connection: on IB reconcile's client id, free until stage 2.
+            # The stage's own connection: on IB reconcile's client id, free until stage 2. One pacer
+            # governs every request of the stage (on IB the connection paces with it: IB's hard
+            # rules for bars of 30 s or less, a window for larger ones, at most 50 open).
+            pacer = HistoryPacer()
             report = data.update_from_broker(run.settings.data, broker_for_stage(run.settings.broker, 1),
                                              run.settings.mode, wanted, as_of=run.common["as_of"], now=run.now,
-                                             on_progress=shown, log=run.progress.log)
+                                             pacer=pacer, on_progress=shown, log=run.progress.log)
             failed, summary = report.failed, report.summary()
             for outcome in report.outcomes.values():
                 if outcome.notes or not outcome.ok:
