@@ -109,14 +109,20 @@ class StrategyConfig(_Doc):
     lookback: Optional[Annotated[int, Field(ge=1, le=20_000)]] = None
 
 
+#: IB's own security types (TWS API Contract.secType); anything else is a typo, refused with the field named.
+SEC_TYPES = Literal["STK", "OPT", "FUT", "CONTFUT", "CASH", "BOND", "CFD", "FOP", "WAR", "IOPT", "FWD", "BAG",
+                    "IND", "BILL", "FUND", "FIXED", "SLB", "NEWS", "CMDTY", "BSK", "ICU", "ICS", "CRYPTO"]
+
+
 @with_config(ConfigDict(extra="forbid", allow_inf_nan=False))
 class TargetPosition(TypedDict):
     """One target row. A TypedDict rather than a model: intents can hold thousands of rows and the
     Commander validates every one on each run (pydantic-core validates dicts ~3x faster)."""
     symbol: Annotated[str, Field(min_length=1)]
-    secType: NotRequired[str]
+    secType: NotRequired[SEC_TYPES]
     exchange: NotRequired[str]
-    primaryExchange: NotRequired[str]
+    primaryExchange: NotRequired[str]  # descriptive, not part of the instrument key
+    conId: NotRequired[Annotated[int, Field(ge=0)]]  # IB's contract id: descriptive, not part of the key
     currency: NotRequired[str]
     lastTradeDateOrContractMonth: NotRequired[str]
     strike: NotRequired[float]

@@ -648,10 +648,25 @@ def _run(bus: Bus, conn: _Connection, *, mode, execution_id, now, window_start, 
     if book_problem:
         notes.append(book_problem)
 
+    qualified: dict | None = None
     for attempt in (1, 2):
         gathered = gather_inputs(bus, mode, execution_id, now, window_start)
         if book_problem:
             gathered["inputs"]["book"] = {**(gathered["inputs"].get("book") or {}), "stale": book_problem}
+        if qualified is None:
+            # Every target instrument is checked with the broker before the decision: one it does not
+            # know makes its intent invalid (previous targets held) instead of selling a good position.
+            try:
+                qualified = qualify_targets(conn.get(), gathered["inputs"]["intents"])
+            except BrokerError as err:
+                if not dry_run:
+                    return _refuse(bus, execution_id=execution_id, now=now, mode=mode, trigger=trigger, run_id=run_id,
+                                   notebooks=notebooks, fence=fence, audit=audit, window_start=window_start,
+                                   reason=f"the target instruments could not be checked with the broker ({err}); "
+                                          "nothing was placed")
+                qualified = {}
+                notes.append(f"dry run: target instruments not checked with the broker ({err})")
+        gathered["inputs"]["qualified"] = qualified
         decision = decide(gathered["inputs"])
         try:
             config = docs.load(docs.CommonConfig, docs.common_config_path(), gathered["inputs"]["config"])
@@ -715,6 +730,32 @@ def _update_book(bus: Bus, conn: _Connection, mode: str, now: dt.datetime, fence
     updated = book.update(bus.get(book.book_path(mode)), found, prefix, now)
     bus.commit([Write("set", book.book_path(mode), updated)], expect=fence)
     return None
+
+
+def qualify_targets(broker: Broker, intents: dict) -> dict[str, dict]:
+    """Every instrument the intents name, checked with the broker (cached per run and, on IB, per
+    connection): instrument key → {"conId", "primaryExchange"} or {"error": the broker's reason}.
+    Raises BrokerError when the broker cannot be asked."""
+    from lib.commander.instrument import contract_of, key_of
+    from lib.errors import UnknownContractError
+    out: dict[str, dict] = {}
+    for doc in intents.values():
+        if not isinstance(doc, dict) or doc.get("status") != "success":
+            continue
+        for row in doc.get("target_positions") or []:
+            if not isinstance(row, dict) or not row.get("symbol"):
+                continue  # the decision names what is wrong with the row
+            key = key_of(row)
+            if key in out:
+                continue
+            contract = {**contract_of(row), "primaryExchange": row.get("primaryExchange") or "",
+                        "conId": row.get("conId") or 0}
+            try:
+                found = broker.qualify(Contract.from_dict(contract))
+                out[key] = {"conId": found.conId, "primaryExchange": found.primaryExchange}
+            except UnknownContractError as err:
+                out[key] = {"error": str(err)}
+    return out
 
 
 def _refuse(bus: Bus, *, execution_id, now, mode, trigger, run_id, notebooks, reason, fence, audit,

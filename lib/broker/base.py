@@ -124,6 +124,7 @@ class OrderState:
         return {
             "orderId": self.order_id, "permId": self.perm_id, "clientId": self.client_id,
             "symbol": c.symbol, "secType": c.secType, "currency": c.currency,
+            "conId": c.conId, "primaryExchange": c.primaryExchange,
             "exchange": c.exchange, "lastTradeDateOrContractMonth": c.lastTradeDateOrContractMonth,
             "strike": c.strike, "right": c.right, "multiplier": c.multiplier,
             "action": self.action, "totalQuantity": self.quantity, "orderType": self.order_type,
