@@ -16,6 +16,7 @@ import datetime as dt
 import gc
 import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from itertools import repeat
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
@@ -24,7 +25,7 @@ from lib import documents as docs
 from lib.canonical import iso
 from lib.broker.base import TERMINAL_STATUSES
 from lib.commander import ledger, limits
-from lib.commander.instrument import Catalog, multiplier_of
+from lib.commander.instrument import Catalog, multiplier_of, target_columns
 from lib.errors import DocumentError
 
 FUTURE_SKEW = dt.timedelta(minutes=5)  # tolerated clock skew between a strategy host and ours
@@ -88,17 +89,80 @@ def _round_to_tick(price: float, tick: float, action: str) -> float:
 
 # ---- step 1: validate intents ------------------------------------------------------------------
 class Rows(NamedTuple):
-    """An intent's target rows as columns: key, reference price, quantity or None, weight or None."""
+    """An intent's target rows as columns: key, reference price, quantity or None, weight or None
+    (or, from `target_columns`, quantity and weight as float arrays with NaN for None, the prices
+    as an array too and the keys' numbers in the catalog)."""
     keys: list[str]
     prices: list[float]
-    quantities: list[int | None]
-    weights: list[float | None]
+    quantities: list[int | None] | np.ndarray
+    weights: list[float | None] | np.ndarray
+    price_array: np.ndarray | None = None
+    numbers: np.ndarray | None = None
 
 
 def validate_intent(sid: str, raw: Any, window_start: dt.datetime, now: dt.datetime,
                     market: Mapping[str, float], catalog: Catalog) -> tuple[docs.Intent | None, Rows | None, dict | None]:
     """The parsed intent and its rows as columns, or None and a `skipped` entry saying why
-    (missing/stale/error/invalid)."""
+    (missing/stale/error/invalid).
+
+    Rows of plain JSON types are checked a column at a time (`target_columns`); whenever that
+    cannot prove every row valid, or a rule below fails, the intent goes through the row model one
+    row at a time (`_validate_intent_rows`), which finds the first problem and names its field."""
+    rows = raw.get("target_positions", []) if type(raw) is dict else None
+    columns = target_columns(rows, catalog) if rows is not None else None
+    if columns is None:
+        return _validate_intent_rows(sid, raw, window_start, now, market, catalog)
+    path = docs.intent_path(sid)
+    try:  # the rows are valid: the rest of the document
+        intent = docs.load(docs.Intent, path, {**raw, "target_positions": []}, check=False)
+    except DocumentError as err:
+        return None, None, {"strategy": sid, "reason": "invalid", "detail": str(err), "field": err.field}
+    skip = _unusable(sid, path, intent, window_start, now)
+    if skip is not None:
+        return None, None, skip
+    keys, numbers, given, weight = columns.keys, columns.numbers, columns.quantities, columns.weights
+    # The snapshot's market price, else the row's own.
+    if numbers is not None:
+        price = catalog.price_array(market)[numbers]
+        duplicate = len(numbers) and np.bincount(numbers).max() > 1
+    else:
+        price = np.fromiter(map(market.get, keys, repeat(math.nan)), dtype=float, count=len(keys))
+        duplicate = len(set(keys)) != len(keys)
+    missing = np.isnan(price)
+    if missing.any():
+        price = np.where(missing, columns.prices, price)
+        if np.isnan(price).any():  # no price at all
+            return _validate_intent_rows(sid, raw, window_start, now, market, catalog)
+    if duplicate:
+        return _validate_intent_rows(sid, raw, window_start, now, market, catalog)
+    if numbers is None:
+        catalog.register(columns)
+        numbers = np.fromiter(map(catalog.index.__getitem__, keys), dtype=np.intp, count=len(keys))
+    else:
+        keys = catalog.key_array()[numbers].tolist()
+    # The prices as the snapshot's own float objects where they come from there (no copies).
+    prices = price.tolist() if missing.any() else catalog.price_objects(market)[numbers].tolist()
+    return intent, Rows(keys, prices, given, weight, price, numbers), None
+
+
+def _unusable(sid: str, path: str, intent: docs.Intent, window_start: dt.datetime, now: dt.datetime) -> dict | None:
+    """A `skipped` entry for an intent that reports an error, is stale or comes from the future."""
+    if intent.status == "error":
+        return {"strategy": sid, "reason": "error",
+                "detail": f"{path}: strategy reported an error: {intent.error_message or '(no message)'}"}
+    if intent.updated_at < window_start:
+        return {"strategy": sid, "reason": "stale",
+                "detail": f"{path}: field 'updated_at' {iso(intent.updated_at)} is before the window "
+                          f"start {iso(window_start)}"}
+    if intent.updated_at > now + FUTURE_SKEW:
+        return {"strategy": sid, "reason": "invalid", "field": "updated_at",
+                "detail": f"{path}: field 'updated_at' {iso(intent.updated_at)} is in the future (now {iso(now)})"}
+    return None
+
+
+def _validate_intent_rows(sid: str, raw: Any, window_start: dt.datetime, now: dt.datetime, market: Mapping[str, float],
+                          catalog: Catalog) -> tuple[docs.Intent | None, Rows | None, dict | None]:
+    """`validate_intent` with the row model, one row at a time: the reference for the bulk path."""
     path = docs.intent_path(sid)
     if raw is None:
         return None, None, {"strategy": sid, "reason": "missing", "detail": f"{path} does not exist"}
@@ -106,17 +170,9 @@ def validate_intent(sid: str, raw: Any, window_start: dt.datetime, now: dt.datet
         intent = docs.load(docs.Intent, path, raw, check=False)  # the row rules are checked below, in one pass
     except DocumentError as err:
         return None, None, {"strategy": sid, "reason": "invalid", "detail": str(err), "field": err.field}
-    if intent.status == "error":
-        return None, None, {"strategy": sid, "reason": "error",
-                          "detail": f"{path}: strategy reported an error: {intent.error_message or '(no message)'}"}
-    if intent.updated_at < window_start:
-        return None, None, {"strategy": sid, "reason": "stale",
-                          "detail": f"{path}: field 'updated_at' {iso(intent.updated_at)} is before the window "
-                                    f"start {iso(window_start)}"}
-    if intent.updated_at > now + FUTURE_SKEW:
-        return None, None, {"strategy": sid, "reason": "invalid", "field": "updated_at",
-                          "detail": f"{path}: field 'updated_at' {iso(intent.updated_at)} is in the future "
-                                    f"(now {iso(now)})"}
+    skip = _unusable(sid, path, intent, window_start, now)
+    if skip is not None:
+        return None, None, skip
     # One pass over the rows: the instrument key, exactly one of quantity/weight, a reference price.
     key_of = catalog.key
     keys, prices, quantities, weights = [], [], [], []
@@ -155,6 +211,13 @@ def _trunc_array(x: np.ndarray) -> np.ndarray:
     return np.where(np.abs(x - r) < 1e-9, r, np.trunc(x)).astype(np.int64)
 
 
+def _pick(keys: list[str], numbers: np.ndarray | None, mask: np.ndarray, catalog: Catalog) -> list[str]:
+    """The keys where `mask` is set."""
+    if numbers is not None:
+        return catalog.key_array()[numbers[mask]].tolist()
+    return [keys[i] for i in np.flatnonzero(mask).tolist()]
+
+
 def size_strategy(sid: str, rows: Rows, capital: float, max_single: float, catalog: Catalog,
                   adjustments: list) -> list[dict]:
     """Targets in whole shares, within the strategy's single-position and gross caps.
@@ -164,10 +227,15 @@ def size_strategy(sid: str, rows: Rows, capital: float, max_single: float, catal
     keys = rows.keys
     if not keys:
         return []
-    price = np.array(rows.prices, dtype=float)
-    unit = price * np.fromiter(map(catalog.units.__getitem__, keys), dtype=float, count=len(keys))
-    given = np.array(rows.quantities, dtype=float)  # None → NaN: sized from the weight instead
-    weight = np.array(rows.weights, dtype=float)
+    price = np.array(rows.prices, dtype=float) if rows.price_array is None else rows.price_array
+    if not catalog.scaled or catalog.scaled.isdisjoint(keys):
+        unit = price  # every multiplier is 1
+    elif rows.numbers is not None:
+        unit = price * catalog.unit_array()[rows.numbers]
+    else:
+        unit = price * np.fromiter(map(catalog.units.__getitem__, keys), dtype=float, count=len(keys))
+    given = np.asarray(rows.quantities, dtype=float)  # None → NaN: sized from the weight instead
+    weight = np.asarray(rows.weights, dtype=float)
     qty = np.where(np.isnan(given), _trunc_array(np.nan_to_num(weight) * capital / unit),
                    np.nan_to_num(given)).astype(np.int64)
 
@@ -175,18 +243,26 @@ def size_strategy(sid: str, rows: Rows, capital: float, max_single: float, catal
     over = np.abs(qty) * unit > limit + 1e-9
     if over.any():
         capped = np.sign(qty) * _trunc_array(limit / unit)
-        for i in np.flatnonzero(over):
-            adjustments.append(_adj("max_single_position_exposure", sid, keys[i], int(qty[i]), int(capped[i])))
+        rule = "max_single_position_exposure"
+        adjustments.extend([{"rule": rule, "scope": sid, "instrument": k, "from": a, "to": b}
+                            for k, a, b in zip(_pick(keys, rows.numbers, over, catalog), qty[over].tolist(),
+                                               capped[over].tolist())])
         qty = np.where(over, capped, qty)
 
     gross = float(np.sum(np.abs(qty) * unit))
     if gross > capital + 1e-9:
         scaled = _trunc_array(qty * (capital / gross))
         detail = f"gross {gross:.2f} above capital {capital:.2f}"
-        for i in np.flatnonzero(scaled != qty):
-            adjustments.append(_adj("strategy_gross_exposure", sid, keys[i], int(qty[i]), int(scaled[i]), detail))
+        rule = "strategy_gross_exposure"
+        changed = scaled != qty
+        adjustments.extend([{"rule": rule, "scope": sid, "instrument": k, "from": a, "to": b, "detail": detail}
+                            for k, a, b in zip(_pick(keys, rows.numbers, changed, catalog), qty[changed].tolist(),
+                                               scaled[changed].tolist())])
         qty = scaled
-    return [{"instrument": k, "quantity": q, "price": p} for k, q, p in zip(keys, qty.tolist(), rows.prices)]
+    quantities = qty.tolist()
+    targets = [{"instrument": k, "quantity": q, "price": p} for k, q, p in zip(keys, quantities, rows.prices)]
+    catalog.columns[sid] = (targets, keys, quantities, qty, rows.numbers)  # for _aggregate, while still the targets
+    return targets
 
 
 def previous_targets(previous: Mapping[str, Any] | None, sid: str, catalog: Catalog) -> list[dict] | None:
@@ -206,6 +282,31 @@ def previous_targets(previous: Mapping[str, Any] | None, sid: str, catalog: Cata
 
 
 # ---- per-strategy ledger and max_drawdown ------------------------------------------------------
+class _RowPrices(Mapping):
+    """Instrument → the rows' own reference price, built on first use (a ledger without targets
+    never looks one up)."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self._rows, self._prices = rows, None
+
+    def _get(self) -> dict:
+        if self._prices is None:
+            self._prices = {r["instrument"]: r["price"] for r in self._rows if r.get("price")}
+        return self._prices
+
+    def __getitem__(self, key: str) -> float:
+        return self._get()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._get()
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
 def apply_ledgers(decision: dict, ledgers: Mapping[str, Any], strategies: Mapping[str, docs.StrategyConfig],
                   per_strategy: dict[str, dict], market: Mapping[str, float], catalog: Catalog,
                   previous: Mapping[str, Any] | None, adjustments: list) -> None:
@@ -220,7 +321,7 @@ def apply_ledgers(decision: dict, ledgers: Mapping[str, Any], strategies: Mappin
         if sid not in per_strategy and not halted_before:
             continue  # disabled, or no targets at all: its ledger is left as it is
         rows = per_strategy[sid]["targets"] if sid in per_strategy else []
-        prices = collections.ChainMap(market, {r["instrument"]: r["price"] for r in rows if r.get("price")})
+        prices = collections.ChainMap(market, _RowPrices(rows))
         try:
             new = ledger.advance(before if isinstance(before, Mapping) else None, decision["capital"].get(sid, 0.0),
                                  cfg.risk_parameters.max_drawdown, prices, catalog.units, decision["now"])
@@ -367,7 +468,10 @@ def make_order(key: str, contract: dict, delta: int, price: float, execution_id:
 # ---- the decision -------------------------------------------------------------------------------
 def decide(inputs: Mapping[str, Any]) -> dict:
     """The full decision for one execution; see the module docstring. Raises InputError only when
-    the inputs object itself is malformed; every problem inside a document is recorded instead."""
+    the inputs object itself is malformed; every problem inside a document is recorded instead.
+
+    Equal parts of the decision may be one object (a strategy's contribution of the same quantity
+    to several instruments): read it, serialise it, copy it, but do not modify it in place."""
     # The decision allocates one small dict per target row and creates no reference cycles, so the
     # cyclic collector would only rescan those rows again and again (about a fifth of the time
     # with 400,000 rows); it is paused for the call and restored after.
@@ -524,19 +628,86 @@ def _strategy_targets(decision: dict, args: _Inputs, config: docs.CommonConfig,
 def _aggregate(per_strategy: Mapping[str, dict], previous: Mapping[str, Any] | None,
                market: Mapping[str, float], catalog: Catalog) -> dict[str, dict]:
     """Quantity per instrument with each strategy's contribution; the previous final target stays
-    managed (at zero if no strategy names it) so its positions wind down."""
+    managed (at zero if no strategy names it) so its positions wind down.
+
+    Strategies sized in this decision (`catalog.columns`: unique instruments, int64 quantities)
+    are summed with numpy; other targets (held from the previous execution) row by row."""
     aggregated: dict[str, dict] = {}
+    contributions: dict[str, list] = {}  # instrument → its slot's contributions
+    unpriced: set[str] = set()  # slots still without a reference price
+    number = catalog.index  # every key here is registered: sized rows and held targets both
+    seen = np.zeros(len(number), dtype=bool)  # by number: has a slot
+    total = np.zeros(len(number), dtype=np.int64)  # by number: the sized strategies' quantities
+    bound = 0  # no partial sum in `total` exceeds this in magnitude
+    sized: list[tuple[np.ndarray, np.ndarray]] = []
+    # Contributions of consecutive sized strategies over the same instruments in the same order,
+    # appended per instrument in one go (`flush`). One contribution object per strategy and
+    # quantity, shared by the instruments it applies to: the same JSON, and a decision is never
+    # modified in place.
+    block: list[list[dict]] = []
+    block_keys: list[str] = []
+    block_numbers = np.zeros(0, dtype=np.intp)
+
+    def flush() -> None:
+        for contributed, column in zip(map(contributions.__getitem__, block_keys), zip(*block)):
+            contributed.extend(column)
+        block.clear()
+
+    def new_slot(key: str, price: float | None) -> None:
+        seen[number[key]] = True
+        aggregated[key] = {"instrument": key, "quantity": 0, "price": market.get(key, price),
+                           "contributions": contributions.setdefault(key, [])}
+        if aggregated[key]["price"] is None:
+            unpriced.add(key)
+
     for sid in sorted(per_strategy):
-        for r in per_strategy[sid]["targets"]:
-            slot = aggregated.get(r["instrument"])
-            if slot is None:
-                slot = aggregated[r["instrument"]] = {
-                    "instrument": r["instrument"], "quantity": 0,
-                    "price": market.get(r["instrument"], r["price"]), "contributions": []}
-            elif slot["price"] is None:
-                slot["price"] = r["price"]
-            slot["quantity"] += r["quantity"]
-            slot["contributions"].append({"strategy": sid, "quantity": r["quantity"]})
+        targets = per_strategy[sid]["targets"]
+        columns = catalog.columns.get(sid)
+        if columns is None or columns[0] is not targets:
+            flush()
+            for r in targets:
+                slot = aggregated.get(r["instrument"])
+                if slot is None:
+                    new_slot(r["instrument"], r["price"])
+                    slot = aggregated[r["instrument"]]
+                elif slot["price"] is None:
+                    slot["price"] = r["price"]
+                    if r["price"] is not None:
+                        unpriced.discard(r["instrument"])
+                slot["quantity"] += r["quantity"]
+                slot["contributions"].append({"strategy": sid, "quantity": r["quantity"]})
+            continue
+        _, keys, quantities, qty, numbers = columns
+        if numbers is None:
+            numbers = np.fromiter(map(number.__getitem__, keys), dtype=np.intp, count=len(keys))
+        if unpriced or not seen[numbers].all():
+            for r in targets:
+                key = r["instrument"]
+                if key not in aggregated:
+                    new_slot(key, r["price"])
+                elif key in unpriced:
+                    aggregated[key]["price"] = r["price"]  # never None for a sized row
+                    unpriced.discard(key)
+        if not (len(numbers) == len(block_numbers) and np.array_equal(numbers, block_numbers)):
+            flush()
+            block_keys, block_numbers = keys, numbers
+        made = {q: {"strategy": sid, "quantity": q} for q in set(quantities)}
+        block.append(list(map(made.__getitem__, quantities)))
+        sized.append((numbers, qty))
+        bound += max(int(qty.max()), -int(qty.min()))
+    flush()
+    if sized:
+        if bound < 2 ** 63:
+            for at, qty in sized:
+                total[at] += qty  # an instrument appears once per strategy
+            totals = total.tolist()
+        else:  # beyond int64: Python integers
+            totals = [0] * len(number)
+            for at, qty in sized:
+                for i, q in zip(at.tolist(), qty.tolist()):
+                    totals[i] += q
+        for key, slot in aggregated.items():
+            slot["quantity"] += totals[number[key]]
     prev_decision = (previous or {}).get("decision") or {}
     prev_contracts = prev_decision.get("instruments") or {}
     for r in prev_decision.get("final_target", []):
