@@ -29,6 +29,8 @@ from lib.commander.instrument import Catalog, multiplier_of, target_columns
 from lib.errors import DocumentError
 
 FUTURE_SKEW = dt.timedelta(minutes=5)  # tolerated clock skew between a strategy host and ours
+MAX_WEIGHT = 2.0  # |weight| above this is a units mistake, not a position
+MAX_CAPITAL_MULTIPLE = 2.0  # a quantity worth more than this × the strategy's capital: a units mistake
 ALLOCATION_TOLERANCE = 1e-9
 
 
@@ -202,6 +204,45 @@ def _validate_intent_rows(sid: str, raw: Any, window_start: dt.datetime, now: dt
                                               f"(also target_positions[{seen[key]}])"}
             seen[key] = i
     return intent, Rows(keys, prices, quantities, weights), None
+
+
+def implausible(sid: str, rows: Rows, capital: float, catalog: Catalog,
+                qualified: Mapping[str, Any] | None) -> dict | None:
+    """A `skipped` entry when a row is a units mistake or names an instrument the broker does not know.
+
+    A weight above 2 in size, or a quantity worth more than twice the strategy's capital, is a units
+    mistake (shares for weights, cents for dollars), never clipped and traded; an instrument the broker
+    does not know would otherwise look new, and the held one would be sold for it."""
+    path = docs.intent_path(sid)
+
+    def invalid(i: int, field: str, why: str) -> dict:
+        where = f"target_positions[{i}]" + (f".{field}" if field else "")
+        return {"strategy": sid, "reason": "invalid", "field": where, "detail": f"{path}: field '{where}': {why}"}
+
+    weight = np.asarray(rows.weights, dtype=float)
+    bad = np.flatnonzero(np.abs(np.nan_to_num(weight)) > MAX_WEIGHT)
+    if bad.size:
+        i = int(bad[0])
+        return invalid(i, "weight", f"{weight[i]:g} is above {MAX_WEIGHT:g} in size: a units mistake "
+                                    "(a weight is a fraction of the strategy's capital)")
+    given = np.asarray(rows.quantities, dtype=float)
+    if not np.isnan(given).all():
+        array = getattr(rows, "price_array", None)
+        price = np.array(rows.prices, dtype=float) if array is None else array
+        units = np.fromiter(map(catalog.units.__getitem__, rows.keys), dtype=float, count=len(rows.keys)) \
+            if getattr(catalog, "scaled", True) else 1.0
+        notional = np.abs(np.nan_to_num(given)) * price * units
+        bad = np.flatnonzero(notional > MAX_CAPITAL_MULTIPLE * capital + 1e-9)
+        if bad.size:
+            i = int(bad[0])
+            return invalid(i, "quantity", f"{given[i]:g} is worth {notional[i]:,.2f}, more than "
+                                          f"{MAX_CAPITAL_MULTIPLE:g} × the strategy's capital {capital:,.2f}: a units mistake")
+    if qualified:
+        for i, key in enumerate(rows.keys):
+            found = qualified.get(key)
+            if found is not None and found.get("error"):
+                return invalid(i, "", f"the broker does not know {key}: {found['error']}")
+    return None
 
 
 # ---- step 2 and 3: size and per-strategy caps --------------------------------------------------
@@ -493,6 +534,7 @@ class _Inputs(NamedTuple):
     intents: Mapping[str, Any]
     ledgers: Mapping[str, Any]
     previous: Mapping[str, Any] | None
+    qualified: Mapping[str, Any] | None = None  # instrument key → the broker's answer (execution.qualify_targets)
 
 
 def _parse_inputs(inputs: Any) -> _Inputs:
@@ -513,8 +555,11 @@ def _parse_inputs(inputs: Any) -> _Inputs:
     previous = inputs.get("previous_execution")
     if previous is not None and not isinstance(previous, Mapping):
         raise InputError("inputs: field 'previous_execution' must be an execution record or null")
+    qualified = inputs.get("qualified")
+    if qualified is not None and not isinstance(qualified, Mapping):
+        raise InputError("inputs: field 'qualified' must be an object of instrument key → contract or error")
     return _Inputs(now, window_start, mode, execution_id, inputs.get("strategies") or {},
-                   inputs.get("intents") or {}, inputs.get("ledgers") or {}, previous)
+                   inputs.get("intents") or {}, inputs.get("ledgers") or {}, previous, qualified)
 
 
 def _check_config(decision: dict, raw_config: Any, raw_strategies: Mapping[str, Any]):
@@ -603,6 +648,10 @@ def _strategy_targets(decision: dict, args: _Inputs, config: docs.CommonConfig,
                                                   f"clear with: python -m lib.commander clear-halt {sid}"})
             continue
         intent, columns, skip = validate_intent(sid, args.intents.get(sid), args.window_start, args.now, market, catalog)
+        if intent is not None:
+            skip = implausible(sid, columns, capital, catalog, args.qualified)
+            if skip is not None:
+                intent = None
         if intent is not None:
             rows = size_strategy(sid, columns, capital, cfg.risk_parameters.max_single_position_exposure,
                                  catalog, adjustments)
