@@ -348,6 +348,22 @@ class _RowPrices(Mapping):
         return len(self._get())
 
 
+class _LedgerPrices:
+    """Today's price of an instrument: the snapshot's, else the strategy's own reference price (the
+    second looked up only when needed). Only `get`, which is all a ledger reads, and in one step."""
+
+    __slots__ = ("_market", "_rows")
+
+    def __init__(self, market: Mapping[str, float], rows: "_RowPrices") -> None:
+        self._market, self._rows = market, rows
+
+    def get(self, key: str, default: float | None = None) -> float | None:
+        found = self._market.get(key)
+        if found is None:
+            found = self._rows._get().get(key, default)
+        return found
+
+
 def apply_ledgers(decision: dict, ledgers: Mapping[str, Any], strategies: Mapping[str, docs.StrategyConfig],
                   per_strategy: dict[str, dict], market: Mapping[str, float], catalog: Catalog,
                   previous: Mapping[str, Any] | None, adjustments: list) -> None:
@@ -362,7 +378,7 @@ def apply_ledgers(decision: dict, ledgers: Mapping[str, Any], strategies: Mappin
         if sid not in per_strategy and not halted_before:
             continue  # disabled, or no targets at all: its ledger is left as it is
         rows = per_strategy[sid]["targets"] if sid in per_strategy else []
-        prices = collections.ChainMap(market, _RowPrices(rows))
+        prices = _LedgerPrices(market, _RowPrices(rows))
         try:
             new = ledger.advance(before if isinstance(before, Mapping) else None, decision["capital"].get(sid, 0.0),
                                  cfg.risk_parameters.max_drawdown, prices, catalog.units, decision["now"])
