@@ -204,6 +204,11 @@ class PortfolioSnapshot(_Doc):
     available_funds: float
     holdings: list[Holding] = []
     open_orders: list[OpenOrder] = []
+    # Every notional is in the account's base currency; prices stay in each instrument's currency and
+    # are converted with `fx_rates` (currency → value of one unit in the base currency). Snapshots
+    # without them (older ones) are read as one-currency accounts: no conversion.
+    base_currency: Optional[str] = Field(None, min_length=3, max_length=3)
+    fx_rates: Optional[dict[str, Annotated[float, Field(gt=0.0)]]] = None
 
 
 # ---- executions/{id} ----------------------------------------------------------------------------

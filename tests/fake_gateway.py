@@ -461,6 +461,7 @@ class FakeGateway:
         self.cash = cash
         self.holdings: dict[str, Holding] = {}
         self.account_overrides: dict[str, float] = {}
+        self.fx_rates: dict[str, float] = {}  # currency → value in USD, sent as ExchangeRate account values
         self.bars: dict[str, list[tuple]] = {}
         self.dividends: dict[str, dict[dt.date, float]] = {}  # symbol -> ex-date -> cash amount
         self.clock = clock or time.monotonic
@@ -852,6 +853,10 @@ class FakeGateway:
         for tag, key in (("CashBalance", "TotalCashValue"), ("TotalCashBalance", "TotalCashValue"),
                          ("NetLiquidationByCurrency", "NetLiquidation")):
             conn.send(6, 2, tag, values[key], "BASE", self.account)
+        # IB reports one ExchangeRate per currency held (value: one unit in the base currency).
+        conn.send(6, 2, "ExchangeRate", "1.00", "BASE", self.account)
+        for currency, rate in sorted({"USD": 1.0, **self.fx_rates}.items()):
+            conn.send(6, 2, "ExchangeRate", rate, currency, self.account)
         conn.send(8, 1, dt.datetime.now(NEW_YORK).strftime("%H:%M"))
 
     def _portfolio_fields(self, symbol: str, h: Holding) -> list[Any]:

@@ -318,7 +318,7 @@ class Catalog:
     the cache on the raw identifying fields makes a row's key one tuple and one dict lookup.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fx: Any = None) -> None:  # fx: added later (currencies); these scenarios have none
         self._keys: dict[tuple, str] = {}
         self.contracts: dict[str, dict[str, Any]] = {}
         self.units: dict[str, float] = {}

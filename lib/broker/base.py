@@ -164,6 +164,9 @@ class AccountSnapshot:
     available_funds: float
     holdings: list[Holding]
     open_orders: list[OrderState]  # of all clients, manual TWS orders included; non-terminal only
+    base_currency: str = "USD"
+    #: Currency → the value of one unit in the base currency (IB's ExchangeRate account values).
+    fx_rates: dict[str, float] = dataclasses.field(default_factory=lambda: {"USD": 1.0})
 
     def to_document(self, updated_at: dt.datetime) -> dict[str, Any]:
         return {
@@ -171,6 +174,8 @@ class AccountSnapshot:
             "account": self.account,
             "net_liquidation": self.net_liquidation,
             "available_funds": self.available_funds,
+            "base_currency": self.base_currency,
+            "fx_rates": {**self.fx_rates, self.base_currency: 1.0},
             "holdings": [h.to_dict() for h in self.holdings],
             "open_orders": [o.to_dict() for o in self.open_orders],
         }

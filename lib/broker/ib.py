@@ -616,7 +616,12 @@ class IBBroker(Broker):
                 market_price=_finite(item.marketPrice if item else None, positive=True),
                 market_value=_finite(item.marketValue if item else None)))
         orders = [self._state(t) for t in trades if t.order.account in ("", account)]
+        values = self._ib.accountValues(account)
+        base = next((v.currency for v in values if v.tag == "NetLiquidation" and v.currency not in ("", "BASE")), "USD")
+        rates = {v.currency: rate for v in values if v.tag == "ExchangeRate" and v.currency not in ("", "BASE")
+                 and (rate := _finite(v.value, positive=True)) is not None}
         return AccountSnapshot(account=account, net_liquidation=net, available_funds=available,
+                               base_currency=base, fx_rates={**rates, base: 1.0},
                                holdings=holdings, open_orders=[o for o in orders if not o.is_terminal])
 
     async def _account_value(self, tag: str) -> float:

@@ -509,12 +509,13 @@ def band_reason(delta: int, target: int, price: float, mult: float, risk: docs.R
 
 
 def make_order(key: str, contract: dict, delta: int, price: float, execution_id: str,
-               defaults: docs.OrderDefaults) -> dict:
+               defaults: docs.OrderDefaults, unit: float | None = None) -> dict:
+    """One order; `notional` in the base currency (`unit`: multiplier × fx rate; default the multiplier)."""
     action = "BUY" if delta > 0 else "SELL"
     order = {"instrument": key, "contract": contract, "action": action, "quantity": abs(delta),
              "orderType": defaults.type, "tif": defaults.tif, "lmtPrice": None,
              "orderRef": f"{defaults.order_ref_prefix}{execution_id}", "reference_price": price,
-             "notional": round(abs(delta) * price * multiplier_of(contract), 2)}
+             "notional": round(abs(delta) * price * (multiplier_of(contract) if unit is None else unit), 2)}
     if defaults.type in ("LMT", "LOC"):
         offset = defaults.limit_offset_bps / 10_000.0
         raw = price * (1 + offset) if action == "BUY" else price * (1 - offset)
@@ -806,6 +807,7 @@ def _diff(decision: dict, final: Mapping[str, int], aggregated: Mapping[str, dic
     their owner (not counted). Those in `uncertain` (the own book has a gap) get no order at all."""
     candidates = []
     respected, uncertain = respected or {}, uncertain or {}
+    no_rate = getattr(catalog, "no_rate", None) or {}
     for key in sorted(final):
         a = aggregated[key]
         target, have = final[key], held.get(key, 0.0)
@@ -815,6 +817,14 @@ def _diff(decision: dict, final: Mapping[str, int], aggregated: Mapping[str, dic
         need = target + respected.get(key, 0.0) - have - counted_manual
         row = {"instrument": key, "target": target, "held": have, "pending_manual": slot["manual"],
                "pending_own": slot["own"], "delta": 0, "action": "none"}
+        if key in no_rate:
+            # No exchange rate for its currency: its notional is unknown, so it is not traded at all.
+            row.update(action="no_fx_rate", note=f"no exchange rate for {no_rate[key]} in the snapshot's "
+                                                 f"fx_rates: not traded")
+            decision["adjustments"].append(_adj("fx_rate", "global", key, None, None, row["note"]))
+            decision["final_target"].append({"instrument": key, "quantity": target, "price": a["price"]})
+            decision["diff"].append(row)
+            continue
         if key in respected:
             row.update(policy="respect", manual_part=respected[key])
             if key in uncertain:
@@ -888,7 +898,7 @@ def _decide(inputs: Mapping[str, Any]) -> dict:
         return decision
 
     nav = decision["net_liquidation"] = portfolio.net_liquidation
-    catalog = Catalog()
+    catalog = Catalog(portfolio.fx_rates)
     market: dict[str, float] = {}
     held: dict[str, float] = {}
     for h in portfolio.holdings:
@@ -925,7 +935,7 @@ def _decide(inputs: Mapping[str, Any]) -> dict:
             row.update(action="limited", delta=c["delta"], limited=c["wanted"] - c["delta"])
         if c["delta"]:
             order = make_order(c["instrument"], catalog.contracts[c["instrument"]], c["delta"], c["price"],
-                               args.execution_id, config.orders)
+                               args.execution_id, config.orders, catalog.units[c["instrument"]])
             (buys if c["delta"] > 0 else sells).append(order)
     decision["orders"] = sells + buys
     # Each planned order's own reference, n = its place in the plan: the broker's orders, completed

@@ -77,11 +77,15 @@ class Catalog:
     key also gets a number (in the order keys are registered), for numpy over whole columns.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fx: Mapping[str, float] | None = None) -> None:
         self._keys: dict[tuple, str] = {}
         self.contracts: dict[str, dict[str, Any]] = {}
+        # A key's unit: what one unit of its price is worth in the base currency (multiplier × the
+        # currency's rate), so every notional computed from it is in the base currency.
         self.units: dict[str, float] = {}
-        self.scaled: set[str] = set()  # keys whose multiplier is not 1
+        self.scaled: set[str] = set()  # keys whose unit is not 1
+        self.fx = fx  # currency → value of one unit in the base currency; None: a one-currency account
+        self.no_rate: dict[str, str] = {}  # key → its currency, which has no rate: never traded
         self.index: dict[str, int] = {}  # key → its number
         # Bulk rows (`target_columns`): per layout of identity fields, their values → the key's
         # number, each tuple validated and its contract registered once.
@@ -106,7 +110,14 @@ class Catalog:
         if key not in self.contracts:
             contract = dict(contract) if contract and contract.get("symbol") else contract_from_key(key)
             self.contracts[key] = contract
-            self.units[key] = unit = multiplier_of(contract)
+            unit = multiplier_of(contract)
+            if self.fx is not None:
+                rate = self.fx.get(str(contract.get("currency") or "USD").upper())
+                if rate is None:
+                    self.no_rate[key] = str(contract.get("currency") or "USD").upper()
+                else:
+                    unit *= rate
+            self.units[key] = unit
             self.index[key] = len(self.index)
             if unit != 1.0:
                 self.scaled.add(key)
