@@ -158,7 +158,8 @@ class Instrument:
     con_id: int
     primary_exchange: str
     long_name: str
-    price: float
+    price: float  # in its own currency
+    currency: str = "USD"
 
 
 INSTRUMENTS = {
@@ -168,6 +169,7 @@ INSTRUMENTS = {
         Instrument("QQQ", 320227571, "NASDAQ", "INVESCO QQQ TRUST SERIES 1", 430.0),
         Instrument("TLT", 15547841, "NASDAQ", "ISHARES 20+ YEAR TREASURY BO", 95.0),
         Instrument("GLD", 51529211, "ARCA", "SPDR GOLD SHARES", 190.0),
+        Instrument("SHOP", 195013618, "TSE", "SHOPIFY INC - CLASS A", 150.0, "CAD"),  # a non-base currency
     )
 }
 
@@ -865,7 +867,7 @@ class FakeGateway:
         return named(
             ("msgId", 7), ("version", 8), ("conId", i.con_id), ("symbol", symbol), ("secType", "STK"),
             ("lastTradeDateOrContractMonth", ""), ("strike", 0.0), ("right", ""), ("multiplier", ""),
-            ("primaryExchange", i.primary_exchange), ("currency", "USD"), ("localSymbol", symbol),
+            ("primaryExchange", i.primary_exchange), ("currency", i.currency), ("localSymbol", symbol),
             ("tradingClass", symbol), ("position", qty(h.quantity)), ("marketPrice", price),
             ("marketValue", round(h.quantity * price, 2)), ("averageCost", round(h.avg_cost, 6)),
             ("unrealizedPNL", round(unrealized, 2)), ("realizedPNL", round(h.realized, 2)),
@@ -877,7 +879,7 @@ class FakeGateway:
             ("msgId", 61), ("version", 3), ("account", self.account), ("conId", i.con_id),
             ("symbol", symbol), ("secType", "STK"), ("lastTradeDateOrContractMonth", ""),
             ("strike", 0.0), ("right", ""), ("multiplier", ""), ("exchange", i.primary_exchange),
-            ("currency", "USD"), ("localSymbol", symbol), ("tradingClass", symbol),
+            ("currency", i.currency), ("localSymbol", symbol), ("tradingClass", symbol),
             ("position", qty(h.quantity)), ("avgCost", round(h.avg_cost, 6)))
 
     def _on_req_account_updates(self, conn: _Conn, fields: list[str]) -> None:
@@ -950,7 +952,7 @@ class FakeGateway:
         i = o.instrument
         return named(("conId", i.con_id), ("symbol", i.symbol), ("secType", "STK"),
                      ("lastTradeDateOrContractMonth", ""), ("strike", 0.0), ("right", ""),
-                     ("multiplier", ""), ("exchange", o.exchange), ("currency", "USD"),
+                     ("multiplier", ""), ("exchange", o.exchange), ("currency", i.currency),
                      ("localSymbol", i.symbol), ("tradingClass", i.symbol))
 
     def _lmt(self, o: FakeOrder) -> Any:
@@ -1427,7 +1429,7 @@ class FakeGateway:
             (i for i in INSTRUMENTS.values() if i.con_id == c["conId"]), None)
         if instrument is None:
             return None
-        if c["secType"] not in ("STK", "") or c["currency"] not in ("USD", ""):
+        if c["secType"] not in ("STK", "") or c["currency"] not in (instrument.currency, ""):
             return None
         if c["conId"] and c["conId"] != instrument.con_id:
             return None
@@ -1450,7 +1452,7 @@ class FakeGateway:
         conn.send(*named(
             ("msgId", 10), ("reqId", req_id), ("symbol", i.symbol), ("secType", "STK"),
             ("lastTradeDateOrContractMonth", ""), ("strike", 0.0), ("right", ""),
-            ("exchange", c["exchange"] or "SMART"), ("currency", "USD"), ("localSymbol", i.symbol),
+            ("exchange", c["exchange"] or "SMART"), ("currency", i.currency), ("localSymbol", i.symbol),
             ("marketName", i.symbol), ("tradingClass", i.symbol), ("conId", i.con_id), ("minTick", 0.01),
             ("multiplier", ""), ("orderTypes", "ACTIVETIM,AD,ALERT,ALLOC,LIT,LMT,LOC,MKT,MOC,STP"),
             ("validExchanges", f"SMART,AMEX,NYSE,{i.primary_exchange},ISLAND,IEX"),

@@ -45,3 +45,29 @@ def test_reconcile_records_base_currency_and_ibs_exchange_rates(tmp_path):
         h.gateway.fx_rates = {"CAD": 0.73, "EUR": 1.08}
         doc = h.broker.snapshot().to_document(dt.datetime.now(dt.timezone.utc))
     assert doc["base_currency"] == "USD" and doc["fx_rates"] == {"USD": 1.0, "CAD": 0.73, "EUR": 1.08}
+
+
+def test_end_to_end_on_the_fake_gateway_a_cad_stock_is_bought_in_base_currency_terms(tmp_path):
+    from lib import documents as docs
+    from lib.bus import open_bus
+    from tests.crash_harness import IBWorld, Scenario
+
+    world = IBWorld(tmp_path)
+    try:
+        world.gateway.fx_rates = {"CAD": 0.73}
+        sc = Scenario(world, tmp_path)
+        now = dt.datetime.now(dt.timezone.utc)
+        with open_bus(sc.bus_url) as bus:
+            bus.set(docs.common_config_path(), config(risk__allow_short=False))
+            bus.set(docs.mode_config_path("paper"), {"account": None})
+            bus.set(docs.strategy_path("s"), strategy(0.5))
+            bus.set(docs.intent_path("s"), {**intent(target("SHOP", weight=0.5, price=150.0, currency="CAD",
+                                                            exchange="SMART")), "updated_at": now})
+        done = sc.commander("--reconcile")
+        assert done.returncode == 0, "\n".join(sc.log)
+        [order] = [o for o in world.gateway.orders() if o.order_ref.startswith("cmdr-")]
+        capital = 0.5 * 1_000_000
+        assert (order.instrument.symbol, order.action) == ("SHOP", "BUY")
+        assert order.total_qty == int(0.5 * capital / (150.0 * 0.73)) == 2283  # not 1666, as if CAD were USD
+    finally:
+        world.close()
