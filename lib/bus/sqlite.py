@@ -28,6 +28,8 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE INDEX IF NOT EXISTS documents_by_collection ON documents (collection, id);
 """
 
+_UPSERT = ("INSERT INTO documents (path, collection, id, data, update_time) VALUES (?, ?, ?, ?, ?) "
+           "ON CONFLICT(path) DO UPDATE SET data = excluded.data, update_time = excluded.update_time")
 _TS = "__timestamp__"  # reserved in Firestore, so it can never collide with a stored field name
 
 
@@ -155,13 +157,18 @@ class SqliteBus(Bus):
         rows = self._run("page", lambda c: c.execute(sql, (*args, limit)).fetchall())
         return [(doc_id, _loads(data)) for doc_id, data in rows]
 
-    def transact(self, path: str, fn: Callable[[dict | None], object]) -> dict | None:
-        rules.check_document_path(path)
+    def _begin(self) -> sqlite3.Connection:
+        """This thread's connection inside `BEGIN IMMEDIATE`: the write lock, taken before reading."""
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise BusUnavailableError(f"SQLite bus {self.path}: cannot start a transaction: {exc}") from exc
+        return conn
+
+    def transact(self, path: str, fn: Callable[[dict | None], object]) -> dict | None:
+        rules.check_document_path(path)
+        conn = self._begin()
         try:
             row = conn.execute("SELECT data FROM documents WHERE path = ?", (path,)).fetchone()
             current = _loads(row[0]) if row else None
@@ -173,10 +180,7 @@ class SqliteBus(Bus):
                 result = current
             else:
                 rules.check_document(path, new)
-                conn.execute(
-                    "INSERT INTO documents (path, collection, id, data, update_time) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT(path) DO UPDATE SET data = excluded.data, update_time = excluded.update_time",
-                    self._row(path, new))
+                conn.execute(_UPSERT, self._row(path, new))
                 result = _loads(_dumps(new))
             conn.execute("COMMIT")
             return result
@@ -189,13 +193,8 @@ class SqliteBus(Bus):
         expect = dict(expect or {})
         for path in expect:
             rules.check_document_path(path)
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise BusUnavailableError(f"SQLite bus {self.path}: cannot start a transaction: {exc}") from exc
-        upsert = ("INSERT INTO documents (path, collection, id, data, update_time) VALUES (?, ?, ?, ?, ?) "
-                  "ON CONFLICT(path) DO UPDATE SET data = excluded.data, update_time = excluded.update_time")
+        conn = self._begin()
+        upsert = _UPSERT
 
         def current(path):
             row = conn.execute("SELECT data FROM documents WHERE path = ?", (path,)).fetchone()
