@@ -196,3 +196,17 @@ def test_after_a_failed_reconcile_the_summary_names_the_earlier_snapshot(env):
     assert record["summary"].startswith("Dry run") and "Reconcile failed in this run" in record["summary"]
     assert taken.isoformat().replace("+00:00", "Z")[:19] in record["summary"]
     assert env.bus.get(docs.execution_path("e9"))["summary"] == record["summary"]
+
+
+def test_an_instrument_the_broker_does_not_know_never_sells_a_good_position(env):
+    env.seed({"GLD": 5})
+    assert env.run(eid="e1")["status"] == "completed" and env.held() == {"GLD": 5}
+    # A typo'd row next to GLD: the simulator does not know it, so the whole intent is invalid.
+    env.bus.set(docs.intent_path("s"), {**intent(target("GLD", 5, price=env.op.price("GLD")),
+                                                 target("GLDD", 3, price=10.0)), "updated_at": dt.datetime.now(UTC)})
+    with open_broker(env.url, "paper") as b:
+        snapshot_to_bus(b, env.bus, "paper")
+    record = env.run(eid="e2")
+    skip = record["decision"]["skipped"][0]
+    assert skip["reason"] == "invalid" and "GLDD" in skip["detail"] and skip["action"] == "hold_previous"
+    assert not record["decision"]["orders"] and env.held() == {"GLD": 5}

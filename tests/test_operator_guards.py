@@ -72,3 +72,23 @@ def test_a_snapshot_dated_in_the_future_is_refused():
                       portfolio(updated_at="2030-01-02T00:00:00Z")))
     assert d["status"] == "blocked" and "is in the future" in d["blocked_reasons"][0]["detail"]
     assert "positions/paper/portfolio/latest: field 'updated_at'" in d["blocked_reasons"][0]["detail"]
+
+
+def test_help_lists_every_command_and_the_exit_codes():
+    done = subprocess.run([sys.executable, "run_pipeline.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    for needle in ("approve EXECUTION_ID", "commander", "backtest", "python -m lib.ops", "exit codes", "3 another run"):
+        assert needle in done.stdout, needle
+
+
+def test_summaries_are_singular_for_one_order_and_skip_reasons_are_never_cut():
+    from lib import execution
+    from lib.pipeline import RunResult, report
+    decision = {"orders": [{"action": "BUY", "quantity": 3, "contract": {"symbol": "SPY"}}]}
+    placed = [{"action": "BUY", "totalQuantity": 3, "symbol": "SPY", "orderId": 7, "status": "Filled",
+               "instrument": "STK:SPY:USD"}]
+    text = execution.summarize(decision, execution.PlacementResult("completed", "", placed, []))
+    assert text == "Placed 1 order: BUY 3 SPY."
+    long = "x" * 300
+    rec = {"decision": {"skipped": [{"strategy": "s", "reason": "invalid", "detail": long}]}}
+    assert long in report(RunResult(0, "completed", "ok", record=rec))
