@@ -146,3 +146,14 @@ def test_orders_are_sent_no_faster_than_the_configured_rate(tmp_path):
                        rate_per_second=2, ack_timeout=5, sleep=slept.append)
     assert [r["status"] for r in result.orders_placed] == ["Filled"] * 5
     assert len(slept) >= 1 and sum(slept) > 0  # 5 orders at 2 per second must wait
+
+
+def test_a_halted_strategy_with_an_unreadable_ledger_stays_wound_down_instead_of_crashing():
+    from tests.commander_inputs import inputs, intent, record_of, strategy, target
+    from lib.commander import decide
+    first = decide(inputs({"a": strategy(1.0)}, {"a": intent(target("SPY", 5))}))
+    broken = {"halted": True, "equity": "lots", "peak": 1.0, "targets": []}
+    d = decide(inputs({"a": strategy(1.0)}, {"a": intent(target("SPY", 5))}, previous=record_of(first)) |
+               {"ledgers": {"a": broken}})
+    assert d["status"] == "ok" and "a" not in d["per_strategy"]
+    assert any(s["strategy"] == "a" and s.get("field") == "equity" and s["action"] == "wind_down" for s in d["skipped"])

@@ -383,13 +383,15 @@ def apply_ledgers(decision: dict, ledgers: Mapping[str, Any], strategies: Mappin
             new = ledger.advance(before if isinstance(before, Mapping) else None, decision["capital"].get(sid, 0.0),
                                  cfg.risk_parameters.max_drawdown, prices, catalog.units, decision["now"])
         except ledger.LedgerError as err:
-            held = previous_targets(previous, sid, catalog)  # fail closed: no new targets on a broken ledger
+            # Fail closed: no new targets on a broken ledger; a halted strategy stays wound down.
+            held = None if halted_before else previous_targets(previous, sid, catalog)
             if held is None:
                 per_strategy.pop(sid, None)
             else:
                 per_strategy[sid] = {"source": "previous", "capital": per_strategy[sid]["capital"], "targets": held}
             decision["skipped"].append({"strategy": sid, "reason": "invalid", "field": err.field,
-                                        "action": "hold_previous" if held is not None else "no_previous_targets",
+                                        "action": "hold_previous" if held is not None else
+                                        ("wind_down" if halted_before else "no_previous_targets"),
                                         "detail": f"{docs.ledger_path(sid)}: {err}"})
             continue
         if new["halted"] and not halted_before:
