@@ -28,7 +28,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from lib import blobs
 from lib import documents as docs
@@ -37,12 +37,12 @@ from lib.audit import AuditStore
 from lib.broker.base import Broker, Contract, OrderRequest, check_account
 from lib.book import book_path
 from lib.bus import Bus, Write
-from lib.canonical import dumps, fingerprint, iso, to_jsonable
+from lib.canonical import fingerprint, iso, to_jsonable
 from lib.commander import decide
-from lib.commander.instrument import Catalog
-from lib.errors import (AccountMismatchError, BrokerConnectionError, BrokerError, BusError, DocumentError,
+from lib.errors import (AccountMismatchError, BrokerConnectionError, BrokerError, DocumentError,
                         PipelineError, PreconditionFailedError)
 from lib.pacing import Pacer
+from lib.reconcile import contradiction, order_identity, snapshot_to_bus
 
 UTC = dt.timezone.utc
 #: Statuses of an execution whose placement did not finish; recovery resolves them.
@@ -161,40 +161,6 @@ def _ref(path: str, doc: dict | None) -> str:
     return f"{path}@{iso(ts) if isinstance(ts, dt.datetime) else ts}"
 
 
-# ---- pre-trade check --------------------------------------------------------------------------
-def _order_identity(o: dict) -> tuple:
-    return ("perm", o["permId"]) if o.get("permId") else ("id", o.get("clientId", 0), o.get("orderId"))
-
-
-def contradiction(broker_snapshot: dict, decided_from: dict) -> str | None:
-    """How the broker's positions and open orders now differ from the snapshot the decision used,
-    or None when they agree (prices and cash may move; positions and orders may not)."""
-    catalog = Catalog()
-
-    def held(doc):
-        out: dict[str, float] = {}
-        for h in doc.get("holdings") or []:
-            key = catalog.key(h)
-            out[key] = out.get(key, 0.0) + float(h.get("quantity") or 0)
-        return {k: v for k, v in out.items() if v}
-
-    def working(doc):
-        return {_order_identity(o): (o.get("orderRef"), float(o.get("remaining") or 0))
-                for o in doc.get("open_orders") or [] if float(o.get("remaining") or 0) > 0}
-
-    now_held, then_held = held(broker_snapshot), held(decided_from)
-    moved = sorted(k for k in set(now_held) | set(then_held) if now_held.get(k, 0) != then_held.get(k, 0))
-    if moved:
-        return "positions changed since the snapshot: " + ", ".join(
-            f"{k} {then_held.get(k, 0):+g} → {now_held.get(k, 0):+g}" for k in moved[:10])
-    now_orders, then_orders = working(broker_snapshot), working(decided_from)
-    if now_orders != then_orders:
-        new = [v[0] or str(k) for k, v in now_orders.items() if then_orders.get(k) != v]
-        gone = [v[0] or str(k) for k, v in then_orders.items() if k not in now_orders]
-        return (f"open orders changed since the snapshot (new or changed: {new[:10]}, gone: {gone[:10]})")
-    return None
-
-
 # ---- place ------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class PlacementResult:
@@ -258,28 +224,31 @@ def _resize_after_cancel(order: dict, extra_fill: float) -> int:
 
 def rescale_buys(buys: list[dict], failed_sells: list[dict], decision: dict, available_funds: float,
                  margin_multiplier: float) -> list[dict]:
-    """When sells the buys counted on were rejected or unconfirmed, scale the buys down (whole shares,
-    toward zero) to what the buying-power rule allows without those proceeds. Returns adjustments."""
+    """When sells the buys counted on were rejected or unconfirmed, scale the buys down with the
+    decision's own buying-power rule (`limits.buying_power`), counting only the sells that did go
+    out. Changes the buys' quantities; returns the adjustments."""
     if not failed_sells or not buys:
         return []
-    held = {r["instrument"]: r.get("held", 0.0) for r in decision.get("diff", [])}
-    lost = sum(min(o["quantity"], max(held.get(o["instrument"], 0.0), 0.0)) * o["reference_price"]
-               for o in failed_sells)  # only long-reducing proceeds ever funded buys
-    sold = [o for o in decision["orders"] if o["action"] == "SELL" and o not in failed_sells]
-    proceeds = sum(min(o["quantity"], max(held.get(o["instrument"], 0.0), 0.0)) * o["reference_price"] for o in sold)
-    budget = max(0.0, (available_funds + proceeds) * margin_multiplier)
-    wanted = sum(o["quantity"] * o["reference_price"] for o in buys)
-    if lost <= 0 or wanted <= budget + 1e-9:
-        return []
-    factor = budget / wanted
-    notes = []
-    for o in buys:
-        allowed = int(math.trunc(o["quantity"] * factor))
-        notes.append({"rule": "buying_power_after_failed_sells", "instrument": o["instrument"],
-                      "from": o["quantity"], "to": allowed,
-                      "detail": f"sells worth {lost:.2f} failed; buys {wanted:.2f} above {budget:.2f}"})
-        o["quantity"] = allowed
-    return notes
+    from lib.commander import limits
+    rows = {r["instrument"]: r for r in decision.get("diff", [])}
+    failed = {o["orderRef"] for o in failed_sells}
+
+    def candidate(order: dict, sign: int) -> dict:
+        row = rows.get(order["instrument"], {})
+        counted_manual = 0.0 if row.get("policy") == "respect" else row.get("pending_manual", 0.0)
+        return {"instrument": order["instrument"], "delta": sign * order["quantity"], "order": order,
+                "position": row.get("held", 0.0) + counted_manual,
+                # base currency per share, as the decision priced it (multiplier and fx rate included)
+                "unit_price": order["notional"] / order["quantity"] if order["quantity"] else 0.0}
+
+    sent = [candidate(o, -1) for o in decision["orders"] if o["action"] == "SELL" and o["orderRef"] not in failed]
+    wanted = [candidate(o, +1) for o in buys]
+    adjustments: list[dict] = []
+    limits.buying_power(sent + wanted, available_funds, margin_multiplier, adjustments)
+    for c in wanted:
+        c["order"]["quantity"] = c["delta"]
+    bought = {o["instrument"] for o in buys}
+    return [{**a, "rule": "buying_power_after_failed_sells"} for a in adjustments if a["instrument"] in bought]
 
 
 def place(broker: Broker, decision: dict, *, mode: str, expected_account: str | None, snapshot_account: str,
@@ -299,7 +268,7 @@ def place(broker: Broker, decision: dict, *, mode: str, expected_account: str | 
         return PlacementResult("failed", f"broker account {account!r} is not the snapshot's account "
                                          f"{snapshot_account!r}; reconcile again", [], [])
     pacer = _pacer(rate_per_second, sleep)
-    filled_then = {_order_identity(o): float(o.get("filled") or 0) for o in (snapshot or {}).get("open_orders") or []}
+    filled_then = {order_identity(o): float(o.get("filled") or 0) for o in (snapshot or {}).get("open_orders") or []}
 
     cancels, unconfirmed, extra_fill = [], set(), {}
     if decision["cancels"]:
@@ -319,7 +288,7 @@ def place(broker: Broker, decision: dict, *, mode: str, expected_account: str | 
             if not ok:
                 unconfirmed.add(c["instrument"])  # it may still fill: placing the full need could double
             else:
-                before = filled_then.get(_order_identity(c), st.filled)
+                before = filled_then.get(order_identity(c), st.filled)
                 extra_fill[c["instrument"]] = extra_fill.get(c["instrument"], 0.0) + _signed(
                     c["action"], st.filled - before)
 
@@ -557,20 +526,38 @@ def finish(bus: Bus, record: dict, result: PlacementResult, decision: dict, prev
     return {**final}
 
 
+def reserve_order_ids(bus: Bus, broker: Broker, orders: list[dict]) -> tuple[str, int, list[int] | None, dict]:
+    """(account, client id, the ids reserved for `orders` above the floor persisted for that account
+    and client id, orderRef → id). The broker numbers orders itself when the ids are None."""
+    account, client_id = broker.account_id(), getattr(broker, "client_id", 0)
+    floor = int((bus.get(order_ids_path(account, client_id)) or {}).get("highest") or 0)
+    ids = broker.reserve_order_ids(len(orders), floor)
+    return account, client_id, ids, ({o["orderRef"]: i for o, i in zip(orders, ids)} if ids else {})
+
+
+def _placing_writes(bus: Bus, mode: str, execution_id: str, last_orders_at: str, *, account: str, client_id: int,
+                    order_ids: list[int] | None) -> list[Write]:
+    """The writes that accompany the start of a placement: the state points at the execution and
+    moves `last_orders_at`; the reserved ids become the new floor."""
+    state = {**(bus.get(state_path(mode)) or {}), "placing_execution_id": execution_id,
+             "last_orders_at": last_orders_at}
+    writes = [Write("set", state_path(mode), state)]
+    if order_ids:
+        writes.append(Write("set", order_ids_path(account, client_id),
+                            {"account": account, "client_id": client_id, "highest": max(order_ids),
+                             "execution_id": execution_id}))
+    return writes
+
+
 def write_ahead(bus: Bus, record: dict, *, order_ids: list[int] | None, account: str, client_id: int,
                 fence: dict | None) -> None:
     """Create the record as `placing` and point the state at it, in one atomic fenced commit, before
     anything is sent. The state's `last_orders_at` moves now: orders may reach the broker from here on,
     so a snapshot older than this can never be trusted again."""
     _validated(record)
-    current = bus.get(state_path(record["mode"])) or {}
-    state = {**current, "placing_execution_id": record["execution_id"], "last_orders_at": record["last_orders_at"]}
     writes = [Write("create", docs.execution_path(record["execution_id"]), record),
-              Write("set", state_path(record["mode"]), state)]
-    if order_ids:
-        writes.append(Write("set", order_ids_path(account, client_id),
-                            {"account": account, "client_id": client_id, "highest": max(order_ids),
-                             "execution_id": record["execution_id"]}))
+              *_placing_writes(bus, record["mode"], record["execution_id"], record["last_orders_at"],
+                               account=account, client_id=client_id, order_ids=order_ids)]
     fault_point("before_write_ahead")
     bus.commit(writes, expect=fence)
     fault_point("after_write_ahead")
@@ -627,7 +614,6 @@ def run_commander(bus: Bus, open_broker: Callable[[], Broker], *, mode: str, exe
 def _run(bus: Bus, conn: _Connection, *, mode, execution_id, now, window_start, dry_run, trigger, run_id,
          notebooks, audit, lease) -> dict:
     from lib import recovery
-    from lib.reconcile import snapshot_to_bus
     fence = lease.fence() if lease is not None else None
     state = bus.get(state_path(mode)) or {}
     notes: list[str] = []
@@ -780,23 +766,20 @@ def _place_and_record(bus: Bus, broker: Broker, gathered: dict, decision: dict, 
     placing = PlacementResult("placing", "write-ahead: the plan is recorded before anything is sent", [], [],
                               list(notes))
     try:
-        account = broker.account_id()
-        check_account(account, mode, expected)
-        floor_doc = bus.get(order_ids_path(account, getattr(broker, "client_id", 0))) or {}
-        ids = broker.reserve_order_ids(len(decision["orders"]), int(floor_doc.get("highest") or 0))
+        check_account(broker.account_id(), mode, expected)
+        account, client_id, ids, order_ids = reserve_order_ids(bus, broker, decision["orders"])
     except BrokerError as err:
         result = PlacementResult("failed", f"broker: {err}", [], [], list(notes))
         record = build_record(execution_id=execution_id, now=now, mode=mode, trigger=trigger, run_id=run_id,
                               gathered=gathered, decision=decision, result=result, notebooks=notebooks, audit=audit)
         write_record(bus, record, fence)
         return record
-    order_ids = {o["orderRef"]: i for o, i in zip(decision["orders"], ids)} if ids else {}
     record = build_record(execution_id=execution_id, now=now, mode=mode, trigger=trigger, run_id=run_id,
                           gathered=gathered, decision=decision, result=placing, notebooks=notebooks, audit=audit,
                           extra={"planned_order_ids": order_ids, "placing_started_at": now})
     # Wall-clock time: a snapshot taken before this instant cannot show what is sent from here on.
     record["last_orders_at"] = iso(dt.datetime.now(UTC))
-    write_ahead(bus, record, order_ids=ids, account=account, client_id=getattr(broker, "client_id", 0), fence=fence)
+    write_ahead(bus, record, order_ids=ids, account=account, client_id=client_id, fence=fence)
     try:
         result = place(broker, decision, mode=mode, expected_account=expected, snapshot_account=portfolio["account"],
                        rate_per_second=config.order_rate_per_second, ack_timeout=config.ack_timeout_seconds,
@@ -849,26 +832,17 @@ def approve(bus: Bus, open_broker: Callable[[], Broker], execution_id: str, now:
         if differs:
             raise ApprovalRefused(f"the broker contradicts the snapshot the plan was made from ({differs}); "
                                   "run the pipeline again")
-        account = broker.account_id()
         try:
-            check_account(account, mode, expected)
+            check_account(broker.account_id(), mode, expected)
         except AccountMismatchError as err:
             raise ApprovalRefused(str(err)) from None
-        client_id = getattr(broker, "client_id", 0)
-        floor = int((bus.get(order_ids_path(account, client_id)) or {}).get("highest") or 0)
-        ids = broker.reserve_order_ids(len(decision["orders"]), floor)
-        order_ids = {o["orderRef"]: i for o, i in zip(decision["orders"], ids)} if ids else {}
-        state = bus.get(state_path(mode)) or {}
+        account, client_id, ids, order_ids = reserve_order_ids(bus, broker, decision["orders"])
         sent_from = iso(dt.datetime.now(UTC))
         claim = {"status": "approving", "approved_at": now, "planned_order_ids": order_ids,
                  "last_orders_at": sent_from, "placing_started_at": now}
         writes = [Write("merge", path, claim),
-                  Write("set", state_path(mode), {**state, "placing_execution_id": execution_id,
-                                                  "last_orders_at": sent_from})]
-        if ids:
-            writes.append(Write("set", order_ids_path(account, client_id),
-                                {"account": account, "client_id": client_id, "highest": max(ids),
-                                 "execution_id": execution_id}))
+                  *_placing_writes(bus, mode, execution_id, sent_from, account=account, client_id=client_id,
+                                   order_ids=ids)]
         # Two approvers can never both place the plan: the claim checks the status in the same commit.
         expect = {**(fence or {}), path: lambda doc: None if doc and doc.get("status") == "awaiting_approval"
                   else f"no longer awaiting approval (status {doc and doc.get('status')!r}; approved by someone else?)"}

@@ -63,7 +63,7 @@ class Lease:
     """A held lease: its path, owner and fencing generation; `start_heartbeat` keeps it alive."""
 
     bus: Bus
-    path: str
+    mode: str
     owner: str
     generation: int
     ttl: dt.timedelta
@@ -119,7 +119,11 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        return release(self.bus, self.path.rsplit("-", 1)[-1], self.owner)
+        return release(self.bus, self.mode, self.owner)
+
+    @property
+    def path(self) -> str:
+        return docs.lock_path(self.mode)
 
     def to_params(self) -> dict:
         """What a notebook needs to fence its writes with this lease (no secret in it)."""
@@ -153,13 +157,13 @@ def acquire(bus: Bus, mode: str, owner: str, ttl: dt.timedelta = DEFAULT_TTL,
         raise LeaseHeldError(f"another run ({held['owner']} on {held.get('host', '?')}) holds {path} until "
                              f"{iso(held['expires_at'])}; nothing was placed. The lease expires by itself if "
                              f"that run died.")
-    return Lease(bus, path, owner, doc["generation"], ttl)
+    return Lease(bus, mode, owner, doc["generation"], ttl)
 
 
 def attach(bus: Bus, mode: str, owner: str, generation: int, ttl: dt.timedelta = DEFAULT_TTL) -> Lease:
     """The lease another process of this run holds (the pipeline, for its commander notebook):
     used only to fence writes; the holder keeps renewing it."""
-    return Lease(bus, docs.lock_path(mode), owner, int(generation), ttl)
+    return Lease(bus, mode, owner, int(generation), ttl)
 
 
 def release(bus: Bus, mode: str, owner: str) -> bool:

@@ -9,12 +9,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime as dt
-import json
-import os
 import secrets
-import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -24,7 +20,6 @@ from lib import intent as intents
 from lib import kernels, lease, scraps, sessions
 from lib.audit import AuditError, AuditStore, open_audit
 from lib.bus import Bus, open_bus
-from lib.canonical import iso
 from lib.errors import BusError, PipelineError
 from lib.execution import new_execution_id
 from lib.executors import Batch, NotebookTask, Outcome, code_revision, open_executor

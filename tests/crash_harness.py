@@ -142,7 +142,6 @@ class IBWorld:
 
 
 def seed_bus(bus_url: str, world, account: str | None = None) -> None:
-    now = dt.datetime.now(UTC)
     with open_bus(bus_url) as bus:
         bus.set(docs.common_config_path(), {
             "tradingEnabled": True, "tradingState": "active", "exposure": {"overall": 1.0},
@@ -152,10 +151,7 @@ def seed_bus(bus_url: str, world, account: str | None = None) -> None:
         bus.set(docs.mode_config_path("paper"), {"account": account})
         bus.set(docs.strategy_path("s"), {"name": "crash test", "enabled": True, "capital_allocation": 0.5,
                                            "risk_parameters": {"max_single_position_exposure": 1.0}})
-        bus.set(docs.intent_path("s"), {
-            "updated_at": now, "status": "success", "error_message": None, "metadata": {},
-            "target_positions": [{"symbol": s, "secType": "STK", "currency": "USD", "exchange": "SMART",
-                                  "quantity": q, "price": world.price(s)} for s, q in TARGET.items()]})
+    _publish(bus_url, world, TARGET)
 
 
 class Scenario:
@@ -221,8 +217,9 @@ class Scenario:
             eid = o.ref[len(PREFIX):].rsplit("-", 1)[0]
             if eid not in records:
                 problems.append(f"{o.ref} at the broker belongs to no recorded execution")
-        if self.state().get("placing_execution_id"):
-            problems.append(f"state still points at unfinished {self.state()['placing_execution_id']}")
+        unfinished = self.state().get("placing_execution_id")
+        if unfinished:
+            problems.append(f"state still points at unfinished {unfinished}")
         want = {s: q for s, q in (target or TARGET).items() if q}
         return {"duplicates": duplicates, "orphans": orphans, "record_problems": problems,
                 "positions": self.world.positions(), "target": want,

@@ -41,11 +41,6 @@ class BacktestRun:
     message: str
 
 
-def price_book(symbols, data_url: str | None = None) -> PriceBook:
-    """The market data store's bars where it has them, else the simulator's (SYNTHETIC) bars."""
-    return PriceBook.for_symbols(symbols, data_url)
-
-
 def run_backtest(settings, *, start: dt.date, end: dt.date, strategies: list[str] | None = None,
                  cash: float = 1_000_000.0, progress: Progress | None = None, workers: int | None = None,
                  standalone: bool = True, timeout: float = 600.0, benchmark: str = "SPY") -> BacktestRun:
@@ -104,7 +99,7 @@ def run_backtest(settings, *, start: dt.date, end: dt.date, strategies: list[str
     if not targets:
         return BacktestRun(run_id, folder, None, notebooks, failed, None,
                            "no strategy produced targets: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
-    prices = price_book({s for t in targets.values() for s in t.columns}, getattr(settings, "data", None))
+    prices = PriceBook.for_symbols({s for t in targets.values() for s in t.columns}, getattr(settings, "data", None))
 
     def tick(done: int, total: int, left: float) -> None:
         progress.update("commander loop", "running", f"{done}/{total} sessions, ~{left:.0f} s left")
